@@ -1,0 +1,1 @@
+"""mistralrs-triton: the mistral.rs inference engine in Python on Triton kernels."""
