@@ -1,0 +1,1 @@
+"""The seed-compatible Python API."""

@@ -1,0 +1,23 @@
+"""Building blocks that architecture plugins compose; each runs on the core's kernels."""
+from mistralrs.layers.attention import Attention
+from mistralrs.layers.batch import Batch
+from mistralrs.layers.causal_lm import CausalLM, Decoder
+from mistralrs.layers.embedding import Embedding
+from mistralrs.layers.linear import QuantLinear
+from mistralrs.layers.mlp import GatedMLP, activation
+from mistralrs.layers.norm import RMSNorm
+from mistralrs.layers.rotary import RotaryEmbedding, rope_parameters_from_hf
+
+__all__ = [
+    "Attention",
+    "Batch",
+    "CausalLM",
+    "Decoder",
+    "Embedding",
+    "GatedMLP",
+    "QuantLinear",
+    "RMSNorm",
+    "RotaryEmbedding",
+    "activation",
+    "rope_parameters_from_hf",
+]

@@ -1,0 +1,127 @@
+"""The `mistralrs` command: `run` (chat in the terminal), `plugins`."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mistralrs.errors import MistralRsError
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model (default: the embedded SmolLM2-135M-Instruct)")
+    source = group.add_mutually_exclusive_group()
+    source.add_argument("-m", "--model-id", help="Hugging Face model directory or hub id")
+    source.add_argument("-f", "--file", nargs="+", help="GGUF file(s) (several for a split model)")
+    group.add_argument("-t", "--tok-model-id", help="take the tokenizer from this repo/directory")
+    group.add_argument("-a", "--arch", help="architecture name (e.g. Llama); default: detected")
+    group.add_argument("--dtype", default="Auto", choices=["Auto", "F32", "BF16", "F16"])
+    group.add_argument("--chat-template", help="chat template literal or .jinja/.json file")
+    group.add_argument("--max-seqs", type=int, default=16)
+    group.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+
+
+def _which(args: argparse.Namespace):
+    from mistralrs import ModelDType, Which
+    from mistralrs.default_model import default_model_path
+
+    dtype = ModelDType(args.dtype)
+    if args.model_id:
+        return Which.Plain(model_id=args.model_id, arch=args.arch, dtype=dtype)
+    paths = [Path(f) for f in args.file] if args.file else [default_model_path()]
+    return Which.GGUF(quantized_model_id=str(paths[0].parent),
+                      quantized_filename=[p.name for p in paths] if len(paths) > 1 else paths[0].name,
+                      tok_model_id=args.tok_model_id, dtype=dtype)
+
+
+def _runner(args: argparse.Namespace):
+    from mistralrs import Runner
+
+    return Runner(_which(args), max_seqs=args.max_seqs, chat_template=args.chat_template,
+                  device=args.device)
+
+
+def _stream_answer(runner, messages, args) -> str:
+    from mistralrs import ChatCompletionRequest
+
+    request = ChatCompletionRequest(messages=messages, max_tokens=args.max_tokens,
+                                    temperature=args.temperature, top_p=args.top_p,
+                                    top_k=args.top_k, stream=True)
+    answer = []
+    for chunk in runner.send_chat_completion_request(request):
+        for choice in chunk.choices:
+            print(choice.delta.content, end="", flush=True)
+            answer.append(choice.delta.content)
+    print()
+    return "".join(answer)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    runner = _runner(args)
+    try:
+        if args.interactive_prompt is not None:
+            _stream_answer(runner, [{"role": "user", "content": args.interactive_prompt}], args)
+            return 0
+        print("Chat with the model; an empty line or Ctrl-D quits.", file=sys.stderr)
+        messages: list[dict[str, str]] = []
+        while True:
+            try:
+                line = input("> ")
+            except EOFError:
+                print(file=sys.stderr)
+                return 0
+            if not line.strip():
+                return 0
+            messages.append({"role": "user", "content": line})
+            messages.append({"role": "assistant",
+                             "content": _stream_answer(runner, messages, args)})
+    finally:
+        runner.shutdown()
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from mistralrs.plugins import default_registry
+
+    plugins = default_registry().plugins()
+    if not plugins:
+        print("no architecture plugins installed; e.g. `pip install mistralrs-arch-llama`")
+    for plugin in plugins:
+        print(f"{plugin.name} {plugin.version}".rstrip())
+        for arch in plugin.architectures:
+            claims = ", ".join(arch.hf_architectures + arch.gguf_architectures)
+            print(f"  {arch.name} ({arch.kind}): {claims}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mistralrs", description="LLM inference on Triton kernels")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="chat with a model in the terminal")
+    _add_model_arguments(run)
+    run.add_argument("-i", "--interactive-prompt", metavar="PROMPT",
+                     help="answer this one prompt and exit")
+    run.add_argument("--max-tokens", type=int, default=256)
+    run.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    run.add_argument("--top-p", type=float, default=None)
+    run.add_argument("--top-k", type=int, default=None)
+    run.set_defaults(func=cmd_run)
+
+    plugins = commands.add_parser("plugins", help="list installed architecture plugins")
+    plugins.set_defaults(func=cmd_plugins)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (MistralRsError, NotImplementedError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

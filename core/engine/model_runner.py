@@ -1,0 +1,77 @@
+"""Turns the scheduler's decisions into one forward pass over the paged KV cache."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mistralrs.layers import Attention, Batch
+from mistralrs.scheduler import ScheduledSequence
+
+
+def attention_layers(model: nn.Module) -> list[Attention]:
+    layers = sorted((m for m in model.modules() if isinstance(m, Attention)),
+                    key=lambda m: m.layer_index)
+    if [m.layer_index for m in layers] != list(range(len(layers))):
+        raise ValueError("attention layers must be numbered 0..L-1 by `layer_index`")
+    return layers
+
+
+def kv_bytes_per_block(model: nn.Module, block_size: int, dtype: torch.dtype) -> int:
+    element = torch.empty((), dtype=dtype).element_size()
+    return sum(block_size * a.num_kv_heads * (a.head_dim + a.v_head_dim) * element
+               for a in attention_layers(model))
+
+
+class ModelRunner:
+    """Owns the model and its KV cache; `run` executes one scheduled step."""
+
+    def __init__(self, model: nn.Module, num_blocks: int, block_size: int,
+                 dtype: torch.dtype, device: torch.device):
+        self.model = model
+        self.block_size = block_size
+        self.device = device
+        self.kv_caches = [
+            (torch.zeros(num_blocks, block_size, a.num_kv_heads, a.head_dim, dtype=dtype, device=device),
+             torch.zeros(num_blocks, block_size, a.num_kv_heads, a.v_head_dim, dtype=dtype, device=device))
+            for a in attention_layers(model)
+        ]
+
+    def _batch(self, scheduled: list[ScheduledSequence], all_logits: bool) -> Batch:
+        input_ids, positions, slots, cu, context_lens, logits_rows = [], [], [], [0], [], []
+        bs = self.block_size
+        for item in scheduled:
+            seq, start = item.seq, item.seq.num_computed
+            end = start + item.num_new_tokens
+            input_ids.extend(seq.token_ids[start:end])
+            positions.extend(range(start, end))
+            slots.extend(seq.block_table[p // bs] * bs + p % bs for p in range(start, end))
+            cu.append(cu[-1] + item.num_new_tokens)
+            context_lens.append(end)
+            if all_logits:
+                logits_rows.extend(range(cu[-2], cu[-1]))
+            elif item.completes_input:
+                logits_rows.append(cu[-1] - 1)
+        width = max(len(item.seq.block_table) for item in scheduled)
+        tables = [item.seq.block_table + [-1] * (width - len(item.seq.block_table))
+                  for item in scheduled]
+
+        def tensor(values, dtype):
+            return torch.tensor(values, dtype=dtype, device=self.device)
+
+        return Batch(
+            input_ids=tensor(input_ids, torch.int64),
+            positions=tensor(positions, torch.int64),
+            cu_seqlens_q=tensor(cu, torch.int32),
+            context_lens=tensor(context_lens, torch.int32),
+            block_tables=tensor(tables, torch.int32),
+            slot_mapping=tensor(slots, torch.int64),
+            kv_caches=self.kv_caches,
+            logits_indices=tensor(logits_rows, torch.int64),
+            max_q_len=max(item.num_new_tokens for item in scheduled),
+        )
+
+    @torch.inference_mode()
+    def run(self, scheduled: list[ScheduledSequence], all_logits: bool = False) -> torch.Tensor:
+        """Logits [rows, vocab]: one row per sequence whose input is complete, or with
+        `all_logits` one row per new token (for scoring and tests)."""
+        return self.model(self._batch(scheduled, all_logits))

@@ -1,0 +1,27 @@
+"""`QuantizedTensor`: a 2-D weight kept in its packed GGUF blocks."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class QuantizedTensor:
+    """Rows of packed GGUF blocks: `packed` is uint8 [rows, row_bytes], the logical tensor is
+    float [rows, cols] (for a linear weight: [out_features, in_features]). Rows are independent,
+    so row selection and permutation work on the packed bytes directly."""
+
+    packed: torch.Tensor
+    qtype: int
+    cols: int
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self.packed.shape[0], self.cols))
+
+    def rows(self, index: torch.Tensor | slice) -> "QuantizedTensor":
+        return QuantizedTensor(self.packed[index], self.qtype, self.cols)
+
+    def to(self, device: torch.device | str) -> "QuantizedTensor":
+        return QuantizedTensor(self.packed.to(device), self.qtype, self.cols)

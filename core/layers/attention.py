@@ -1,0 +1,42 @@
+"""`Attention`: scaled dot-product attention over the paged KV cache."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mistralrs.kernels.attention import paged_attention, paged_decode_attention, store_kv
+from mistralrs.layers.batch import Batch
+
+
+class Attention(nn.Module):
+    """Writes this step's keys and values into the layer's cache blocks, then attends each new
+    query to its sequence's cached context (causal, optionally within a sliding window and with
+    logit soft-capping). Projections and rotary live in the plugin's attention block."""
+
+    def __init__(self, layer_index: int, num_heads: int, num_kv_heads: int, head_dim: int,
+                 scale: float, sliding_window: int | None = None, softcap: float | None = None,
+                 v_head_dim: int | None = None):
+        super().__init__()
+        if num_heads % num_kv_heads:
+            raise ValueError(f"{num_heads} query heads cannot share {num_kv_heads} kv heads evenly")
+        self.layer_index = layer_index
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.v_head_dim = v_head_dim or head_dim
+        self.scale = scale
+        self.sliding_window = sliding_window
+        self.softcap = softcap
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """q [T, Hq, D], k [T, Hkv, D], v [T, Hkv, Dv] -> [T, Hq * Dv]."""
+        k_cache, v_cache = batch.kv_caches[self.layer_index]
+        store_kv(k, v, k_cache, v_cache, batch.slot_mapping)
+        options = dict(scale=self.scale, sliding_window=self.sliding_window, softcap=self.softcap)
+        if batch.is_decode:
+            out = paged_decode_attention(q, k_cache, v_cache, batch.context_lens,
+                                         batch.block_tables, **options)
+        else:
+            out = paged_attention(q, k_cache, v_cache, batch.cu_seqlens_q, batch.context_lens,
+                                  batch.block_tables, max_q_len=batch.max_q_len, **options)
+        return out.reshape(q.shape[0], self.num_heads * self.v_head_dim)

@@ -1,0 +1,42 @@
+"""`Embedding`: a token embedding table, float or kept in packed GGUF blocks."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mistralrs.kernels.gguf import dequantize
+from mistralrs.kernels.gguf.packed import QuantizedTensor
+
+
+class Embedding(nn.Module):
+    """Looks up token rows. A packed table dequantizes only the rows it looks up, so a large
+    quantized vocabulary never exists as floats."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int):
+        super().__init__()
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        self.weight = nn.Parameter(torch.empty(num_embeddings, embedding_dim), requires_grad=False)
+        self.register_buffer("qweight", None)
+        self.qtype: int | None = None
+        self.dtype = torch.float32
+
+    def load_checkpoint_tensor(self, leaf: str, value: torch.Tensor | QuantizedTensor,
+                               dtype: torch.dtype) -> None:
+        self.dtype = dtype
+        if isinstance(value, QuantizedTensor):
+            self.qweight, self.qtype = value.packed, value.qtype
+            self.weight = None
+        else:
+            self.weight = nn.Parameter(value.to(dtype), requires_grad=False)
+
+    @property
+    def is_loaded(self) -> bool:
+        return self.qweight is not None or not self.weight.is_meta
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.qweight is None:
+            return F.embedding(input_ids, self.weight)
+        rows = dequantize(self.qweight[input_ids.reshape(-1)], self.qtype)
+        return rows.to(self.dtype).reshape(*input_ids.shape, self.embedding_dim)

@@ -1,0 +1,39 @@
+"""Feed-forward blocks."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mistralrs.layers.linear import QuantLinear
+
+ACTIVATIONS = {
+    "silu": F.silu,
+    "gelu": F.gelu,
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+}
+
+
+def activation(name: str):
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise NotImplementedError(f"activation {name!r} is not supported; known: "
+                                  f"{', '.join(ACTIVATIONS)}") from None
+
+
+class GatedMLP(nn.Module):
+    """down(act(gate(x)) * up(x)): SwiGLU with `silu`, GeGLU with a gelu."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, act: str = "silu",
+                 bias: bool = False):
+        super().__init__()
+        self.gate_proj = QuantLinear(hidden_size, intermediate_size, bias)
+        self.up_proj = QuantLinear(hidden_size, intermediate_size, bias)
+        self.down_proj = QuantLinear(intermediate_size, hidden_size, bias)
+        self.act = activation(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))

@@ -1,0 +1,61 @@
+"""Reading model configs: Hugging Face `config.json` / `generation_config.json` and the GGUF
+metadata view that plugins' config parsers receive."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mistralrs.errors import ModelFormatError
+
+
+def require(raw: dict[str, Any], key: str) -> Any:
+    """`raw[key]`, or a clear error naming the missing key."""
+    try:
+        return raw[key]
+    except KeyError:
+        raise ModelFormatError(f"model config has no {key!r}; is this the right checkpoint?") from None
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ModelFormatError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ModelFormatError(f"{path} must hold a JSON object")
+    return data
+
+
+def eos_ids(raw: dict[str, Any]) -> tuple[int, ...]:
+    """`eos_token_id` of a config or generation config: an int, a list, or absent."""
+    value = raw.get("eos_token_id")
+    if value is None:
+        return ()
+    return tuple(value) if isinstance(value, list) else (int(value),)
+
+
+def gguf_config_view(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The `<general.architecture>.*` keys of GGUF metadata with that prefix removed, plus
+    `vocab_size` (from the token list when the file does not state it)."""
+    arch = metadata.get("general.architecture")
+    if not isinstance(arch, str):
+        raise ModelFormatError("GGUF metadata has no general.architecture")
+    prefix = arch + "."
+    view = {key[len(prefix):]: value for key, value in metadata.items() if key.startswith(prefix)}
+    if "vocab_size" not in view and isinstance(metadata.get("tokenizer.ggml.tokens"), list):
+        view["vocab_size"] = len(metadata["tokenizer.ggml.tokens"])
+    return view
+
+
+def gguf_rope_parameters(view: dict[str, Any]) -> dict[str, Any]:
+    """Rope settings from a GGUF config view, in the shape `rope_parameters_from_hf` returns."""
+    rope: dict[str, Any] = {"rope_theta": view.get("rope.freq_base", 10000.0), "rope_type": "default"}
+    scaling = view.get("rope.scaling.type")
+    if scaling in ("linear", "yarn"):
+        rope["rope_type"] = scaling
+        rope["factor"] = view.get("rope.scaling.factor", 1.0)
+        if "rope.scaling.original_context_length" in view:
+            rope["original_max_position_embeddings"] = view["rope.scaling.original_context_length"]
+    return rope

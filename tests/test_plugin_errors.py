@@ -1,0 +1,106 @@
+"""Clear errors: missing plugins, duplicate claims, missing or broken model files."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from mistralrs.errors import (
+    ArchitectureNotFoundError,
+    DuplicateArchitectureError,
+    ModelFormatError,
+    ModelNotFoundError,
+)
+from mistralrs.loading.model_loader import load_gguf, load_plain
+from mistralrs.plugins import Architecture, PluginRegistry, default_registry, hookimpl
+from tiny_models import save_hf_model
+
+
+def test_missing_plugin_names_the_distribution_and_lists_installed():
+    with pytest.raises(ArchitectureNotFoundError) as err:
+        default_registry().get("Mixtral")
+    message = str(err.value)
+    assert "pip install mistralrs-arch-mistral" in message
+    assert "Llama" in message  # what is installed
+
+
+def test_unclaimed_hf_architecture(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["Qwen2ForCausalLM"]}))
+    with pytest.raises(ArchitectureNotFoundError, match="pip install mistralrs-arch-qwen"):
+        load_plain(str(tmp_path), progress=False)
+
+
+def _plugin(arch_name: str):
+    class Plugin:
+        @hookimpl
+        def register_architectures(self, register):
+            register(Architecture(name=arch_name, parse_config=None, weight_mapper=None,
+                                  build_model=None))
+    return Plugin()
+
+
+def test_duplicate_claim_names_both_plugins():
+    registry = PluginRegistry(load_entry_points=False)
+    registry.register_plugin(_plugin("Llama"), name="first-plugin")
+    registry.register_plugin(_plugin("Llama"), name="second-plugin")
+    with pytest.raises(DuplicateArchitectureError) as err:
+        registry.get("Llama")
+    assert "first-plugin" in str(err.value) and "second-plugin" in str(err.value)
+
+
+def test_in_process_registration():
+    registry = PluginRegistry(load_entry_points=False)
+    registry.register_plugin(_plugin("Notebook"), name="notebook")
+    assert registry.get("Notebook").provider == "notebook"
+    with pytest.raises(ArchitectureNotFoundError):
+        registry.get("Llama")
+
+
+def test_missing_path():
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        load_plain("/nonexistent/model/dir", progress=False)
+
+
+def test_directory_without_config(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="no config.json"):
+        load_plain(str(tmp_path), progress=False)
+
+
+def test_hub_id_offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(ModelNotFoundError, match="HF_HUB_OFFLINE"):
+        load_plain("some-org/some-model", progress=False)
+
+
+@pytest.fixture
+def tiny_llama_dir(tmp_path):
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1)
+    return save_hf_model(LlamaForCausalLM(config), tmp_path / "llama")
+
+
+def test_truncated_safetensors(tiny_llama_dir):
+    weights = tiny_llama_dir / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ModelFormatError, match="truncated"):
+        load_plain(str(tiny_llama_dir), progress=False)
+
+
+def test_explicit_architecture_that_does_not_fit(tiny_llama_dir):
+    with pytest.raises(ModelFormatError, match="Llama"):
+        load_plain(str(tiny_llama_dir), arch="ToyLM", progress=False)
+
+
+def test_truncated_gguf(tmp_path):
+    from mistralrs.default_model import default_model_path
+
+    source = default_model_path().read_bytes()
+    for size in (10, 5000, len(source) // 2):
+        broken = tmp_path / f"broken{size}.gguf"
+        broken.write_bytes(source[:size])
+        with pytest.raises(ModelFormatError):
+            load_gguf(str(broken.parent), broken.name, progress=False)
