@@ -56,27 +56,53 @@ def _stream_answer(runner, messages, args) -> str:
     return "".join(answer)
 
 
+def _stream_completion(runner, prompt: str, args) -> None:
+    from mistralrs import CompletionRequest
+
+    print(prompt, end="", flush=True)
+    request = CompletionRequest(prompt=prompt, max_tokens=args.max_tokens,
+                                temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                                stream=True)
+    for chunk in runner.send_completion_request(request):
+        for choice in chunk.choices:
+            print(choice.text, end="", flush=True)
+    print()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     runner = _runner(args)
     try:
+        if runner.tokenizer.chat_template is None:
+            # A base model: continue text instead of chatting.
+            print("(no chat template: completing the prompt)", file=sys.stderr)
+            if args.interactive_prompt is not None:
+                _stream_completion(runner, args.interactive_prompt, args)
+                return 0
+            while (line := _read_line()) is not None:
+                _stream_completion(runner, line, args)
+            return 0
         if args.interactive_prompt is not None:
             _stream_answer(runner, [{"role": "user", "content": args.interactive_prompt}], args)
             return 0
         print("Chat with the model; an empty line or Ctrl-D quits.", file=sys.stderr)
         messages: list[dict[str, str]] = []
-        while True:
-            try:
-                line = input("> ")
-            except EOFError:
-                print(file=sys.stderr)
-                return 0
-            if not line.strip():
-                return 0
+        while (line := _read_line()) is not None:
             messages.append({"role": "user", "content": line})
             messages.append({"role": "assistant",
                              "content": _stream_answer(runner, messages, args)})
+        return 0
     finally:
         runner.shutdown()
+
+
+def _read_line() -> str | None:
+    """The next prompt typed at `> `, or None on an empty line or end of input."""
+    try:
+        line = input("> ")
+    except EOFError:
+        print(file=sys.stderr)
+        return None
+    return line if line.strip() else None
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
