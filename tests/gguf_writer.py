@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from gguf import GGMLQuantizationType, GGUFWriter, get_tensor_name_map, quants
+from gguf import GGMLQuantizationType, GGUFWriter, RopeScalingType, get_tensor_name_map, quants
 from gguf.constants import MODEL_ARCH_NAMES
 from tokenizers import pre_tokenizers
 
@@ -19,13 +19,14 @@ def permute_for_llama_cpp(weight: np.ndarray, num_heads: int) -> np.ndarray:
 
 
 def write_byte_level_vocab(writer: GGUFWriter) -> None:
-    """The same byte tokenizer as tiny_models.write_byte_tokenizer, as GGUF gpt2 metadata."""
-    tokens = sorted(pre_tokenizers.ByteLevel.alphabet()) + ["<s>", "</s>"]
+    """A byte-level BPE vocabulary as GGUF gpt2 metadata: the 256 byte tokens, <s> (256),
+    </s> (257) and one merge (two spaces)."""
+    tokens = sorted(pre_tokenizers.ByteLevel.alphabet()) + ["<s>", "</s>", "ĠĠ"]
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(tokens)
-    writer.add_token_types([1] * 256 + [3, 3])
-    writer.add_token_merges([])
+    writer.add_token_types([1] * 256 + [3, 3, 1])
+    writer.add_token_merges(["Ġ Ġ"])
     writer.add_bos_token_id(256)
     writer.add_eos_token_id(257)
     writer.add_add_bos_token(False)
@@ -36,11 +37,13 @@ def quantized_roundtrip(weight: np.ndarray, qtype: GGMLQuantizationType) -> torc
     return torch.from_numpy(quants.dequantize(quants.quantize(weight, qtype), qtype).copy())
 
 
-def write_llama_gguf(model, path: Path, qtype: GGMLQuantizationType) -> dict[str, torch.Tensor]:
-    """Write a transformers Llama model as GGUF; 2-D weights (but norms) stored as `qtype`.
+def _write_gguf(model, path: Path, arch: str, qtype: GGMLQuantizationType, add_metadata,
+                transform=None, skip: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """Shared by the writers below: the metadata every architecture has, `add_metadata(writer)`
+    for the rest, then each HF tensor (but `skip`) under its gguf-py name, passed through
+    `transform(gguf_name, array)` as the converter would; 2-D weights stored as `qtype`.
     Returns the HF state dict as a GGUF reader should reconstruct it (quantization applied)."""
     config = model.config
-    arch = "llama"
     names = get_tensor_name_map(next(k for k, v in MODEL_ARCH_NAMES.items() if v == arch),
                                 config.num_hidden_layers)
     writer = GGUFWriter(str(path), arch)
@@ -51,20 +54,19 @@ def write_llama_gguf(model, path: Path, qtype: GGMLQuantizationType) -> dict[str
     writer.add_head_count(config.num_attention_heads)
     writer.add_head_count_kv(config.num_key_value_heads)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
     writer.add_vocab_size(config.vocab_size)
+    add_metadata(writer)
     write_byte_level_vocab(writer)
     expected = {}
     for hf_name, tensor in model.state_dict().items():
-        data = tensor.float().numpy()
+        if hf_name in skip:
+            continue
         gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if gguf_name.endswith("attn_q.weight"):
-            data = permute_for_llama_cpp(data, config.num_attention_heads)
-        elif gguf_name.endswith("attn_k.weight"):
-            data = permute_for_llama_cpp(data, config.num_key_value_heads)
+        data = tensor.float().numpy()
+        if transform is not None:
+            data = transform(gguf_name, data)
         if data.ndim == 2 and qtype != GGMLQuantizationType.F32:
-            packed = quants.quantize(data, qtype)
-            writer.add_tensor(gguf_name, packed, raw_dtype=qtype)
+            writer.add_tensor(gguf_name, quants.quantize(data, qtype), raw_dtype=qtype)
             expected[hf_name] = quantized_roundtrip(tensor.float().numpy(), qtype)
         else:
             writer.add_tensor(gguf_name, data)
@@ -74,3 +76,47 @@ def write_llama_gguf(model, path: Path, qtype: GGMLQuantizationType) -> dict[str
     writer.write_tensors_to_file()
     writer.close()
     return expected
+
+
+def write_llama_gguf(model, path: Path, qtype: GGMLQuantizationType) -> dict[str, torch.Tensor]:
+    """Write a transformers Llama model as GGUF; 2-D weights (but norms) stored as `qtype`.
+    Returns the HF state dict as a GGUF reader should reconstruct it (quantization applied)."""
+    config = model.config
+
+    def add_metadata(writer: GGUFWriter) -> None:
+        writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
+
+    def permute_rotary_rows(gguf_name: str, data: np.ndarray) -> np.ndarray:
+        if gguf_name.endswith("attn_q.weight"):
+            return permute_for_llama_cpp(data, config.num_attention_heads)
+        if gguf_name.endswith("attn_k.weight"):
+            return permute_for_llama_cpp(data, config.num_key_value_heads)
+        return data
+
+    return _write_gguf(model, path, "llama", qtype, add_metadata, permute_rotary_rows)
+
+
+def write_gemma3_gguf(model, path: Path, qtype: GGMLQuantizationType) -> dict[str, torch.Tensor]:
+    """Write a transformers Gemma3ForCausalLM as llama.cpp's converter does: norm weights stored
+    as 1 + w, q/k rows not permuted (gemma uses NEOX rope), no output tensor when tied, and only
+    the global rope (the local base, 10000, and the every-6th-layer-global pattern are what
+    llama.cpp assumes, so the model must follow them). Returns what `write_llama_gguf` does."""
+    config = model.config
+    global_rope = config.rope_parameters["full_attention"]
+
+    def add_metadata(writer: GGUFWriter) -> None:
+        writer.add_key_length(config.head_dim)
+        writer.add_value_length(config.head_dim)
+        writer.add_rope_freq_base(global_rope["rope_theta"])
+        if global_rope["rope_type"] == "linear":
+            writer.add_rope_scaling_type(RopeScalingType.LINEAR)
+            writer.add_rope_scaling_factor(global_rope["factor"])
+        writer.add_sliding_window(config.sliding_window)
+        if config.final_logit_softcapping:
+            writer.add_final_logit_softcapping(config.final_logit_softcapping)
+
+    def add_one_to_norms(gguf_name: str, data: np.ndarray) -> np.ndarray:
+        return data + 1 if gguf_name.endswith("norm.weight") else data
+
+    skip = ("lm_head.weight",) if config.tie_word_embeddings else ()
+    return _write_gguf(model, path, "gemma3", qtype, add_metadata, add_one_to_norms, skip)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mistralrs.scheduler.block_manager import BlockManager
 from mistralrs.scheduler.sequence import Sequence, SequenceStatus
@@ -12,12 +12,12 @@ from mistralrs.scheduler.sequence import Sequence, SequenceStatus
 class ScheduledSequence:
     seq: Sequence
     num_new_tokens: int
+    completes_input: bool = field(init=False)
+    """After this step every token of the sequence is in the cache, so the model's output for
+    its last token is a new-token prediction to sample from."""
 
-    @property
-    def completes_input(self) -> bool:
-        """After this step every token of the sequence is in the cache, so the model's output
-        for its last token is a new-token prediction to sample from."""
-        return self.seq.num_computed + self.num_new_tokens == len(self.seq)
+    def __post_init__(self) -> None:
+        self.completes_input = self.seq.num_computed + self.num_new_tokens == len(self.seq)
 
 
 class Scheduler:

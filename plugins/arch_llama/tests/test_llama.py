@@ -19,14 +19,14 @@ ROPE_VARIANTS = {
 }
 
 
-def tiny_llama(tmp_path, tie: bool, rope: str, seed: int = 0):
+def tiny_llama(tmp_path, tie: bool, rope: str, seed: int = 0, max_positions: int = 32):
     torch.manual_seed(seed)
     rope_parameters = {"rope_type": "default", "rope_theta": 10000.0}
     if ROPE_VARIANTS[rope]:
         rope_parameters = {**ROPE_VARIANTS[rope], "rope_theta": 10000.0}
     config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=96,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=32, tie_word_embeddings=tie,
+                         max_position_embeddings=max_positions, tie_word_embeddings=tie,
                          rope_parameters=rope_parameters, eos_token_id=257, bos_token_id=256)
     model = LlamaForCausalLM(config).eval()
     return model, save_hf_model(model, tmp_path / f"llama-{tie}-{rope}")
@@ -61,7 +61,7 @@ def incremental_reference(model, ids, prompt_len):
 
 @pytest.mark.parametrize("tie", [True, False])
 def test_greedy_generation_matches_transformers_generate(tmp_path, tie):
-    reference, path = tiny_llama(tmp_path, tie, "default", seed=3)
+    reference, path = tiny_llama(tmp_path, tie, "default", seed=3, max_positions=64)
     prompt = [256, 72, 101, 108, 108, 111]
     with torch.no_grad():
         generated = reference.generate(torch.tensor([prompt]), max_new_tokens=32, do_sample=False)

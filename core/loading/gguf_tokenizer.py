@@ -1,0 +1,321 @@
+"""Rebuild the tokenizer a GGUF file carries as a Hugging Face `tokenizers.Tokenizer` that gives
+the token ids llama.cpp gives on the same file.
+
+Two GGUF tokenizer models matter:
+
+- `gpt2`: byte-level BPE from `tokens` + `merges`. The text is first split by the regexes that
+  `tokenizer.ggml.pre` names (llama.cpp keeps one list per pre-tokenizer; the ones supported here
+  are in `_PRE_TOKENIZERS`), then each piece is spelled in GPT-2's byte alphabet and merged.
+- `llama`: SentencePiece `tokens` + `scores`. llama.cpp does not run SentencePiece's Unigram
+  search here: it repeatedly joins the adjacent pair whose concatenation is the highest-scoring
+  token, and spells characters missing from the vocabulary as `<0xNN>` byte tokens. A BPE whose
+  merges are every (left, right) split of every token, ranked by the score of the token they
+  make, does the same. (Two different tokens of equal score competing for overlapping text are
+  resolved by position in llama.cpp and by rank here; real vocabularies have distinct scores.)
+
+`tokenizer.ggml.token_type` decides what becomes an added token: control and unknown tokens are
+special (matched in the input only when special-token parsing is on, skipped when decoding with
+`skip_special_tokens`); user-defined tokens are always matched in the input, before the model
+sees it, as llama.cpp does. Unused tokens stay plain vocabulary entries.
+"""
+from __future__ import annotations
+
+import logging
+import numbers
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import gguf
+from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
+from tokenizers import Tokenizer as BackendTokenizer
+
+from mistralrs.errors import ModelFormatError, TokenizerError
+
+logger = logging.getLogger(__name__)
+
+_KEY = gguf.Keys.Tokenizer
+_TYPE = gguf.TokenType
+SPACE_MARK = "\u2581"  # "▁": how SentencePiece spells a space
+_BYTE_TOKENS = [f"<0x{byte:02X}>" for byte in range(256)]
+
+# Control tokens that end a turn although the metadata may only name the model's `eos`: llama.cpp
+# stops generation on them too.
+_END_OF_TURN_TEXTS = frozenset({
+    "<|eot_id|>", "<|eom_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
+    "<|end_of_text|>", "<EOT>",
+})
+
+# Pre-tokenizer regexes, applied in order, each splitting the pieces the previous one left (the
+# matches and the text between them both become pieces).
+_GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+_LLAMA3_REGEX = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
+                 r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+                 r"|\s+(?!\S)|\s+")
+_QWEN2_REGEX = _LLAMA3_REGEX.replace(r"\p{N}{1,3}", r"\p{N}")
+_CJK_RUN_REGEX = "[一-龥ࠀ-一가-퟿]+"
+# (Escapes: these characters have canonical equivalents that editors may silently substitute.)
+_DEEPSEEK_LLM_LETTERS = (
+    "A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕ"
+    "ἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-\u1f7dᾀ-ᾴᾶ-ᾼ\u1fbeῂ-ῄῆ-ῌῐ-\u1fd3ῖ-\u1fdbῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤ\u2126ℨ\u212a-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳ"
+    "Ꙁ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃")
+
+_REGEXES = {
+    "default": [r"[\p{P}\$\+<=>\^~\|]+", _GPT2_REGEX, r"\p{N}+", "[0-9][0-9][0-9]"],
+    "gpt2": [_GPT2_REGEX],
+    "starcoder": [r"\p{N}", _GPT2_REGEX],
+    "falcon": [r"[\p{P}\$\+<=>\^~\|`]+", _GPT2_REGEX, "[0-9][0-9][0-9]"],
+    "llama3": [_LLAMA3_REGEX],
+    "qwen2": [_QWEN2_REGEX],
+    "deepseek-llm": ["[\r\n]", rf"\s?[{_DEEPSEEK_LLM_LETTERS}]+", r"\s?[!-/:-~！-／：-～‘-‟　-。]+",
+                     r"\s+$", _CJK_RUN_REGEX, r"\p{N}+"],
+    "deepseek-coder": ["[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", _CJK_RUN_REGEX, r"\p{N}"],
+}
+
+
+@dataclass(frozen=True)
+class _PreTokenizer:
+    regexes: str  # a key of _REGEXES
+    ignore_merges: bool = False  # a piece that is itself a token is emitted whole
+    add_bos: bool = False  # llama.cpp's default when the file has no add_bos_token
+
+
+_LLAMA3 = _PreTokenizer("llama3", ignore_merges=True, add_bos=True)
+# `tokenizer.ggml.pre` values, as llama.cpp names them.
+_PRE_TOKENIZERS = {
+    "default": _PreTokenizer("default"),
+    **dict.fromkeys(["gpt-2", "phi-2", "mpt", "olmo", "jina-es", "jina-de"], _PreTokenizer("gpt2")),
+    **dict.fromkeys(["starcoder", "smollm", "refact", "command-r", "codeshell", "exaone",
+                     "minerva-7b"], _PreTokenizer("starcoder")),
+    "falcon": _PreTokenizer("falcon"),
+    **dict.fromkeys(["llama3", "llama-v3", "llama-bpe", "falcon3"], _LLAMA3),
+    **dict.fromkeys(["dbrx", "smaug-bpe"], _PreTokenizer("llama3")),
+    **dict.fromkeys(["qwen2", "deepseek-r1-qwen", "stablelm2", "megrez"], _PreTokenizer("qwen2")),
+    "deepseek-llm": _PreTokenizer("deepseek-llm"),
+    "deepseek-coder": _PreTokenizer("deepseek-coder"),
+}
+
+
+@dataclass(frozen=True)
+class GGUFTokenizer:
+    """A rebuilt GGUF tokenizer and the facts about it the metadata gives."""
+
+    backend: BackendTokenizer
+    bos_token_id: int | None
+    eos_token_id: int | None
+    end_of_generation_ids: frozenset[int]  # eos, eot, eom and end-of-turn control tokens
+    pad_token_id: int | None
+    add_bos: bool
+    add_eos: bool
+    chat_template: str | None
+
+
+def build_gguf_tokenizer(metadata: Mapping[str, Any]) -> GGUFTokenizer:
+    """The tokenizer described by GGUF metadata (keys mapped to plain Python values).
+
+    Raises ModelFormatError for malformed metadata and TokenizerError for a tokenizer kind this
+    module cannot rebuild."""
+    model = _optional(metadata, _KEY.MODEL, str)
+    if model is None:
+        raise ModelFormatError(f"GGUF metadata has no {_KEY.MODEL}: the file carries no tokenizer")
+    tokens = _token_list(metadata)
+    types = _token_types(metadata, len(tokens))
+    if model == "gpt2":
+        pre = _pre_tokenizer(metadata)
+        backend = _byte_level_bpe(tokens, _merges(metadata), pre)
+        add_bos_default, special_defaults = pre.add_bos, {}
+    elif model == "llama":
+        add_space_prefix = _optional(metadata, _KEY.ADD_PREFIX, bool)
+        backend = _sentencepiece_bpe(tokens, _scores(metadata, len(tokens)), metadata,
+                                     True if add_space_prefix is None else add_space_prefix)
+        # llama.cpp's defaults for SentencePiece files that name no special tokens
+        add_bos_default, special_defaults = True, {_KEY.BOS_ID: 1, _KEY.EOS_ID: 2, _KEY.UNK_ID: 0}
+    else:
+        raise TokenizerError(f"GGUF tokenizer model {model!r} ({_KEY.MODEL}) is not supported; "
+                             "supported: 'gpt2' (byte-level BPE) and 'llama' (SentencePiece)")
+    _add_tokens_by_type(backend, tokens, types)
+
+    def special_id(key: str) -> int | None:
+        token_id = _token_id(metadata, key, len(tokens))
+        default = special_defaults.get(key)
+        if token_id is None and default is not None and default < len(tokens):
+            return default
+        return token_id
+
+    bos, eos = special_id(_KEY.BOS_ID), special_id(_KEY.EOS_ID)
+    add_bos = _flag(metadata, _KEY.ADD_BOS, add_bos_default)
+    add_eos = _flag(metadata, _KEY.ADD_EOS, False)
+    for wanted, token_id, key in [(add_bos, bos, _KEY.BOS_ID), (add_eos, eos, _KEY.EOS_ID)]:
+        if wanted and token_id is None:
+            raise ModelFormatError(f"GGUF metadata asks to add a token it does not name ({key})")
+    end_ids = {special_id(key) for key in (_KEY.EOS_ID, _KEY.EOT_ID, _KEY.EOM_ID)}
+    end_ids |= {i for i, (text, kind) in enumerate(zip(tokens, types))
+                if kind == _TYPE.CONTROL and text in _END_OF_TURN_TEXTS}
+    end_ids.discard(None)
+    return GGUFTokenizer(backend, bos, eos, frozenset(end_ids), special_id(_KEY.PAD_ID),
+                         add_bos, add_eos, _optional(metadata, _KEY.CHAT_TEMPLATE, str))
+
+
+def _byte_level_bpe(tokens: list[str], merges: list[tuple[str, str]],
+                    pre: _PreTokenizer) -> BackendTokenizer:
+    vocab = _vocab(tokens)
+    for left, right in merges:
+        if left not in vocab or right not in vocab or left + right not in vocab:
+            raise ModelFormatError(f"GGUF merge {left!r} {right!r} names a token that is not "
+                                   f"in {_KEY.LIST}")
+    backend = BackendTokenizer(models.BPE(vocab, merges, ignore_merges=pre.ignore_merges))
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(regex), behavior="isolated") for regex in _REGEXES[pre.regexes]]
+        + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    backend.decoder = decoders.ByteLevel()
+    return backend
+
+
+def _sentencepiece_bpe(tokens: list[str], scores: list[float], metadata: Mapping[str, Any],
+                       add_space_prefix: bool) -> BackendTokenizer:
+    vocab = _vocab(tokens)
+    byte_fallback = all(byte_token in vocab for byte_token in _BYTE_TOKENS)
+    unk_id = _token_id(metadata, _KEY.UNK_ID, len(tokens))
+    backend = BackendTokenizer(models.BPE(
+        vocab, _merges_by_score(tokens, scores, vocab), byte_fallback=byte_fallback,
+        unk_token=None if unk_id is None else tokens[unk_id]))
+    spell_spaces = normalizers.Replace(" ", SPACE_MARK)
+    undo_spaces = [decoders.Replace(SPACE_MARK, " "), decoders.ByteFallback(), decoders.Fuse()]
+    if add_space_prefix:
+        # llama.cpp prefixes every stretch of text with a space, also one after a special token;
+        # decoding drops the one at the start of the text.
+        backend.normalizer = normalizers.Sequence([normalizers.Prepend(SPACE_MARK), spell_spaces])
+        backend.decoder = decoders.Sequence(undo_spaces + [decoders.Strip(" ", 1, 0)])
+    else:
+        backend.normalizer = spell_spaces
+        backend.decoder = decoders.Sequence(undo_spaces)
+    return backend
+
+
+def _merges_by_score(tokens: list[str], scores: list[float],
+                     vocab: dict[str, int]) -> list[tuple[str, str]]:
+    """Every split of every token into two tokens, the best-scoring merged token first."""
+    merges = []
+    for token_id, token in enumerate(tokens):
+        for cut in range(1, len(token)):
+            left, right = token[:cut], token[cut:]
+            if left in vocab and right in vocab:
+                merges.append((-scores[token_id], token_id, left, right))
+    merges.sort(key=lambda merge: merge[:2])
+    return [(left, right) for _, _, left, right in merges]
+
+
+def _add_tokens_by_type(backend: BackendTokenizer, tokens: list[str], types: list[int]) -> None:
+    special = [AddedToken(text, special=True, normalized=False)
+               for text, kind in zip(tokens, types) if kind in (_TYPE.CONTROL, _TYPE.UNKNOWN)]
+    user_defined = [AddedToken(text, special=False, normalized=False)
+                    for text, kind in zip(tokens, types) if kind == _TYPE.USER_DEFINED]
+    backend.add_special_tokens(special)
+    backend.add_tokens(user_defined)
+
+
+def _pre_tokenizer(metadata: Mapping[str, Any]) -> _PreTokenizer:
+    name = _optional(metadata, _KEY.PRE, str)
+    if name is None:
+        logger.warning("GGUF metadata has no %s; splitting text as llama.cpp's 'default' does, "
+                       "which may not match how the model was trained", _KEY.PRE)
+        name = "default"
+    if name not in _PRE_TOKENIZERS:
+        raise TokenizerError(f"GGUF pre-tokenizer {name!r} ({_KEY.PRE}) is not supported; "
+                             f"supported: {', '.join(sorted(_PRE_TOKENIZERS))}")
+    return _PRE_TOKENIZERS[name]
+
+
+def _vocab(tokens: list[str]) -> dict[str, int]:
+    vocab: dict[str, int] = {}
+    for token_id, text in enumerate(tokens):
+        if text in vocab:
+            raise ModelFormatError(f"GGUF vocabulary has the token {text!r} twice "
+                                   f"(ids {vocab[text]} and {token_id})")
+        vocab[text] = token_id
+    return vocab
+
+
+# --- reading and checking metadata values -----------------------------------------------------
+
+def _optional(metadata: Mapping[str, Any], key: str, kind: type) -> Any:
+    value = metadata.get(key)
+    if value is not None and not isinstance(value, kind):
+        raise ModelFormatError(f"GGUF metadata {key} should be a {kind.__name__}, "
+                               f"not {type(value).__name__}")
+    return value
+
+
+def _flag(metadata: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = _optional(metadata, key, bool)
+    return default if value is None else value
+
+
+def _array(metadata: Mapping[str, Any], key: str, element: type | tuple[type, ...],
+           what: str) -> list | None:
+    value = metadata.get(key)
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ModelFormatError(f"GGUF metadata {key} should be an array of {what}, "
+                               f"not {type(value).__name__}")
+    if not all(isinstance(item, element) and not isinstance(item, bool) for item in value):
+        raise ModelFormatError(f"GGUF metadata {key} should be an array of {what}")
+    return list(value)
+
+
+def _token_list(metadata: Mapping[str, Any]) -> list[str]:
+    tokens = _array(metadata, _KEY.LIST, str, "strings")
+    if not tokens:
+        raise ModelFormatError(f"GGUF metadata has no tokens ({_KEY.LIST})")
+    # llama.cpp names empty tokens this way; an empty string cannot be a vocabulary entry.
+    return [text or f"[EMPTY_{token_id}]" for token_id, text in enumerate(tokens)]
+
+
+def _token_types(metadata: Mapping[str, Any], n_tokens: int) -> list[int]:
+    types = _array(metadata, _KEY.TOKEN_TYPE, numbers.Integral, "integers")
+    if types is None:
+        return [_TYPE.NORMAL] * n_tokens
+    if len(types) != n_tokens:
+        raise ModelFormatError(f"GGUF metadata {_KEY.TOKEN_TYPE} has {len(types)} entries for "
+                               f"{n_tokens} tokens")
+    unknown = {kind for kind in types if not 0 <= kind <= max(_TYPE)}  # 0: undefined
+    if unknown:
+        raise ModelFormatError(f"GGUF metadata {_KEY.TOKEN_TYPE} has unknown token types "
+                               f"{sorted(unknown)}")
+    return types
+
+
+def _scores(metadata: Mapping[str, Any], n_tokens: int) -> list[float]:
+    scores = _array(metadata, _KEY.SCORES, numbers.Real, "numbers")
+    if scores is None or len(scores) != n_tokens:
+        raise ModelFormatError(f"a SentencePiece GGUF tokenizer needs one score per token in "
+                               f"{_KEY.SCORES}; found {0 if scores is None else len(scores)} "
+                               f"for {n_tokens} tokens")
+    return scores
+
+
+def _merges(metadata: Mapping[str, Any]) -> list[tuple[str, str]]:
+    merges = _array(metadata, _KEY.MERGES, str, "strings")
+    if merges is None:
+        raise ModelFormatError(f"a BPE GGUF tokenizer needs {_KEY.MERGES}")
+    pairs = []
+    for merge in merges:
+        # The separator is the first space after the first character: a token may be a space.
+        cut = merge.find(" ", 1)
+        if cut < 0 or cut == len(merge) - 1:
+            raise ModelFormatError(f"GGUF merge {merge!r} is not two tokens joined by a space")
+        pairs.append((merge[:cut], merge[cut + 1:]))
+    return pairs
+
+
+def _token_id(metadata: Mapping[str, Any], key: str, n_tokens: int) -> int | None:
+    value = metadata.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise ModelFormatError(f"GGUF metadata {key} should be a token id, not {value!r}")
+    if not 0 <= value < n_tokens:
+        raise ModelFormatError(f"GGUF metadata {key} = {value} is outside the vocabulary of "
+                               f"{n_tokens} tokens")
+    return int(value)

@@ -1,0 +1,58 @@
+"""Registers Gemma, Gemma2 and Gemma3 with mistralrs (entry point `mistralrs.architectures`)."""
+from __future__ import annotations
+
+import torch
+
+from mistralrs.loading.gguf_names import llama_style_name
+from mistralrs.plugins import Architecture, MappedTensor, hookimpl
+from mistralrs_arch_gemma.config import GemmaConfig, parse_gemma, parse_gemma2, parse_gemma3
+from mistralrs_arch_gemma.model import build_model
+
+# llama.cpp's names for the Gemma 2/3 norms around the MLP (`post_attention_norm` is already
+# in the shared table). Gemma 1's `ffn_norm` keeps the llama meaning: the norm before the MLP,
+# which Hugging Face calls `post_attention_layernorm`.
+_SANDWICH_NORMS = {
+    "ffn_norm": "pre_feedforward_layernorm",
+    "post_ffw_norm": "post_feedforward_layernorm",
+}
+
+
+def _without_unit_offset(weight: torch.Tensor) -> torch.Tensor:
+    """llama.cpp's converter stores every Gemma norm weight as 1 + w; our norms add the 1."""
+    return weight.float() - 1.0
+
+
+def weight_mapper(config: GemmaConfig, fmt: str):
+    if fmt == "hf":
+        return lambda name: [MappedTensor(name)]
+
+    per_layer = _SANDWICH_NORMS if config.sandwich_norms else None
+
+    def map_gguf(name: str):
+        target = llama_style_name(name, per_layer=per_layer)
+        if target is None:
+            return []
+        is_norm = name.split(".")[-2].endswith("norm")
+        return [MappedTensor(target, _without_unit_offset if is_norm else None)]
+
+    return map_gguf
+
+
+def _gemma_architecture(name: str, parse_config, hf: str, gguf: str, description: str):
+    return Architecture(name=name, parse_config=parse_config, weight_mapper=weight_mapper,
+                        build_model=build_model, hf_architectures=(hf,),
+                        gguf_architectures=(gguf,), description=description)
+
+
+GEMMA = _gemma_architecture("Gemma", parse_gemma, "GemmaForCausalLM", "gemma",
+                            "Gemma (2B, 7B) and CodeGemma")
+GEMMA2 = _gemma_architecture("Gemma2", parse_gemma2, "Gemma2ForCausalLM", "gemma2",
+                             "Gemma 2: sliding-window layers, soft-capping, sandwich norms")
+GEMMA3 = _gemma_architecture("Gemma3", parse_gemma3, "Gemma3ForCausalLM", "gemma3",
+                             "Gemma 3 text: QK-norm, local/global rope bases, 5:1 sliding layers")
+
+
+@hookimpl
+def register_architectures(register):
+    for architecture in (GEMMA, GEMMA2, GEMMA3):
+        register(architecture)
