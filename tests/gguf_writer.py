@@ -53,7 +53,8 @@ def _write_gguf(model, path: Path, arch: str, qtype: GGMLQuantizationType, add_m
     writer.add_feed_forward_length(config.intermediate_size)
     writer.add_head_count(config.num_attention_heads)
     writer.add_head_count_kv(config.num_key_value_heads)
-    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    if hasattr(config, "rms_norm_eps"):  # LayerNorm models add their eps in add_metadata
+        writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
     add_metadata(writer)
     write_byte_level_vocab(writer)
@@ -96,27 +97,42 @@ def write_llama_gguf(model, path: Path, qtype: GGMLQuantizationType) -> dict[str
     return _write_gguf(model, path, "llama", qtype, add_metadata, permute_rotary_rows)
 
 
-def write_gemma3_gguf(model, path: Path, qtype: GGMLQuantizationType) -> dict[str, torch.Tensor]:
-    """Write a transformers Gemma3ForCausalLM as llama.cpp's converter does: norm weights stored
-    as 1 + w, q/k rows not permuted (gemma uses NEOX rope), no output tensor when tied, and only
-    the global rope (the local base, 10000, and the every-6th-layer-global pattern are what
-    llama.cpp assumes, so the model must follow them). Returns what `write_llama_gguf` does."""
+_GEMMA_ARCHES = {"gemma": "gemma", "gemma2": "gemma2", "gemma3_text": "gemma3"}
+
+
+def write_gemma_gguf(model, path: Path, qtype: GGMLQuantizationType) -> dict[str, torch.Tensor]:
+    """Write a transformers Gemma, Gemma2 or Gemma3 causal LM as llama.cpp's converter does:
+    norm weights stored as 1 + w, q/k rows not permuted (gemma uses NEOX rope), no output tensor
+    when tied, and only the metadata the converter writes. What the file cannot say, llama.cpp
+    assumes, so the model must follow it: rope base 10000 (Gemma 1/2; Gemma 3's local layers),
+    Gemma2's even layers and Gemma3's all but every 6th sliding, query_pre_attn_scalar =
+    head_dim. Returns what `write_llama_gguf` does."""
     config = model.config
-    global_rope = config.rope_parameters["full_attention"]
+    arch = _GEMMA_ARCHES[config.model_type]
 
     def add_metadata(writer: GGUFWriter) -> None:
         writer.add_key_length(config.head_dim)
         writer.add_value_length(config.head_dim)
-        writer.add_rope_freq_base(global_rope["rope_theta"])
-        if global_rope["rope_type"] == "linear":
-            writer.add_rope_scaling_type(RopeScalingType.LINEAR)
-            writer.add_rope_scaling_factor(global_rope["factor"])
-        writer.add_sliding_window(config.sliding_window)
-        if config.final_logit_softcapping:
+        if arch == "gemma2":
+            writer.add_attn_logit_softcapping(config.attn_logit_softcapping)
             writer.add_final_logit_softcapping(config.final_logit_softcapping)
+            writer.add_sliding_window(config.sliding_window)
+        if arch == "gemma3":
+            global_rope = config.rope_parameters["full_attention"]
+            writer.add_rope_freq_base(global_rope["rope_theta"])
+            if global_rope["rope_type"] == "linear":
+                writer.add_rope_scaling_type(RopeScalingType.LINEAR)
+                writer.add_rope_scaling_factor(global_rope["factor"])
+            writer.add_sliding_window(config.sliding_window)
+            if config.final_logit_softcapping:
+                writer.add_final_logit_softcapping(config.final_logit_softcapping)
 
     def add_one_to_norms(gguf_name: str, data: np.ndarray) -> np.ndarray:
         return data + 1 if gguf_name.endswith("norm.weight") else data
 
-    skip = ("lm_head.weight",) if config.tie_word_embeddings else ()
-    return _write_gguf(model, path, "gemma3", qtype, add_metadata, add_one_to_norms, skip)
+    if not config.tie_word_embeddings:
+        return _write_gguf(model, path, arch, qtype, add_metadata, add_one_to_norms)
+    expected = _write_gguf(model, path, arch, qtype, add_metadata, add_one_to_norms,
+                           skip=("lm_head.weight",))
+    expected["lm_head.weight"] = expected["model.embed_tokens.weight"]
+    return expected

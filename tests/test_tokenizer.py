@@ -1,5 +1,5 @@
 """The tokenizer: GGUF tokenizers against llama.cpp's ids on the shipped models, Hugging Face
-files against transformers.
+files against transformers (on transformers' own conversion of SmolLM2's GGUF tokenizer).
 
 The real tokenizers are built once per session (`gguf_tokenizer`), also for test_detokenizer.py:
 reading the Gemma GGUF's 262k-token vocabulary takes seconds.
@@ -15,7 +15,8 @@ from pathlib import Path
 import gguf
 import pytest
 import regex
-from tokenizers import pre_tokenizers
+import tokenizers
+from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 from transformers import AutoTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
@@ -114,6 +115,7 @@ def test_sentencepiece_ids_follow_llama_cpp_merging_by_score():
 
     tokenizer = gguf_tokenizer(GEMMA)
     for text in random_texts(1, 200, WORDS):
+        text = regex.sub("  +", " ", text)
         assert tokenizer.encode(text, add_special_tokens=False) == llama_cpp_ids(text), text
 
 
@@ -204,12 +206,13 @@ GPT2_ALPHABET = list(bytes_to_unicode().values())
 
 
 def byte_level_metadata(pre: str = "gpt-2", **extra) -> dict:
-    """A tiny byte-level BPE vocabulary: the 256 byte characters, "he", "hel", "<|end|>"."""
+    """A tiny byte-level BPE vocabulary: the 256 byte characters, "he", "hel", "<|end|>" (BOS
+    and EOS, added by neither unless asked)."""
     tokens = [*GPT2_ALPHABET, "he", "hel", "<|end|>"]
     return {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": pre,
             "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.merges": ["h e", "he l"],
             "tokenizer.ggml.token_type": [1] * 258 + [3],
-            "tokenizer.ggml.eos_token_id": 258, **extra}
+            "tokenizer.ggml.bos_token_id": 258, "tokenizer.ggml.eos_token_id": 258, **extra}
 
 
 def test_byte_level_bpe_from_small_metadata():
@@ -219,13 +222,13 @@ def test_byte_level_bpe_from_small_metadata():
     assert tokenizer.encode("hello<|end|>") == [257, byte_id["l"], byte_id["o"], 258]
     assert tokenizer.encode("<|end|>", parse_special=False) == [byte_id[c] for c in "<|end|>"]
     assert tokenizer.decode(tokenizer.encode("héllo wörld")) == "héllo wörld"
-    assert tokenizer.eos_token_ids == {258} and tokenizer.bos_token_id is None
+    assert tokenizer.eos_token_ids == {258}
 
 
 def test_llama3_pre_tokenizer_takes_whole_tokens_before_merges():
     """llama.cpp's `ignore_merges`: a piece that is a token is not built from merges."""
     extra = {"tokenizer.ggml.tokens": [*GPT2_ALPHABET, "ab", "abc", "<|end|>"],
-             "tokenizer.ggml.merges": ["a b"], "tokenizer.ggml.bos_token_id": 258}
+             "tokenizer.ggml.merges": ["a b"]}
     ab, abc, c = 256, 257, GPT2_ALPHABET.index("c")
     gpt2 = Tokenizer.from_gguf_metadata(byte_level_metadata("gpt-2", **extra))
     llama3 = Tokenizer.from_gguf_metadata(byte_level_metadata("llama-bpe", **extra))
@@ -278,8 +281,7 @@ def test_pre_tokenizer_splits_like_the_original(pre):
 @pytest.mark.parametrize("pre", ["default", "deepseek-llm", "deepseek-coder", "falcon", "starcoder",
                                  "llama3", "dbrx", "stablelm2"])
 def test_other_pre_tokenizers_build_and_round_trip(pre):
-    tokenizer = Tokenizer.from_gguf_metadata(byte_level_metadata(pre, **{
-        "tokenizer.ggml.bos_token_id": 258}))
+    tokenizer = Tokenizer.from_gguf_metadata(byte_level_metadata(pre))
     for text in SPLIT_SAMPLES:
         assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == text
 
@@ -315,7 +317,8 @@ MALFORMED = [
     ("eos id out of range", byte_level_metadata, _with(eos_token_id=259), "outside"),
     ("negative bos id", byte_level_metadata, _with(bos_token_id=-1), "outside"),
     ("bos id not an int", byte_level_metadata, _with(bos_token_id="1"), "token id"),
-    ("add_bos without bos", byte_level_metadata, _with(add_bos_token=True), "bos_token_id"),
+    ("add_bos without bos", byte_level_metadata,
+     lambda m: _with(add_bos_token=True)(_without("tokenizer.ggml.bos_token_id")(m)), "bos_token_id"),
     ("add_bos not a bool", byte_level_metadata, _with(add_bos_token=1), "bool"),
     ("chat template not a string", byte_level_metadata,
      lambda m: {**m, "tokenizer.chat_template": ["x"]}, "chat_template"),
@@ -341,43 +344,68 @@ def test_unsupported_gguf_tokenizer_raises_tokenizer_error(change, message):
 
 # --- Hugging Face files against transformers ----------------------------------------------------
 
-@functools.cache
-def transformers_tokenizer(model_file: str, folder: Path):
-    """transformers' own conversion of the GGUF tokenizer, saved as Hugging Face files."""
-    path = gguf_path(model_file)
+@pytest.fixture(scope="module")
+def smollm_hf(tmp_path_factory):
+    """transformers' own conversion of SmolLM2's GGUF tokenizer, saved as Hugging Face files."""
+    folder = tmp_path_factory.mktemp("smollm_hf")
+    path = gguf_path(SMOLLM)
     reference = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     reference.save_pretrained(folder)
-    return reference
+    return reference, folder
 
 
-@pytest.fixture(scope="module")
-def hf_folders(tmp_path_factory):
-    return {model_file: tmp_path_factory.mktemp(model_file.split("-")[0]) for model_file in MODELS}
-
-
-@pytest.mark.parametrize("model_file", MODELS)
-def test_hf_files_encode_like_transformers(model_file, hf_folders):
-    folder = hf_folders[model_file]
-    reference = transformers_tokenizer(model_file, folder)
-    ours = Tokenizer.from_hf_files(folder / "tokenizer.json", folder / "tokenizer_config.json")
-    assert (ours.bos_token, ours.eos_token) == (reference.bos_token, reference.eos_token)
-    texts = [case["text"] for case in golden(model_file)["tokenize"]]
-    for text in texts + random_texts(3, 100, TEXTS_WITH_ANY_CHARACTER):
+def assert_encodes_like(ours: Tokenizer, reference, texts: list[str]) -> None:
+    for text in texts:
         ids = reference(text)["input_ids"]
         assert ours.encode(text) == ids, text
         assert ours.encode(text, add_special_tokens=False) == \
             reference(text, add_special_tokens=False)["input_ids"], text
         assert ours.encode(text, parse_special=False) == \
             reference(text, split_special_tokens=True)["input_ids"], text
-        assert ours.decode(ids) == reference.decode(ids, skip_special_tokens=True)
-        plain_ids = ours.encode(text, add_special_tokens=False, parse_special=False)
-        assert b"".join(ours.token_bytes(i) for i in plain_ids) == text.encode(), text
+        assert ours.decode(ids) == reference.decode(ids, skip_special_tokens=True), text
+        assert ours.decode(ids, skip_special_tokens=False) == reference.decode(ids), text
+
+
+def test_hf_files_encode_like_transformers(smollm_hf):
+    reference, folder = smollm_hf
+    ours = Tokenizer.from_hf_files(folder / "tokenizer.json", folder / "tokenizer_config.json")
+    assert (ours.bos_token, ours.eos_token) == (reference.bos_token, reference.eos_token)
+    texts = [case["text"] for case in golden(SMOLLM)["tokenize"]]
+    texts += random_texts(3, 100, TEXTS_WITH_ANY_CHARACTER)
+    assert_encodes_like(ours, reference, texts)
+    for text in texts:
+        ids = ours.encode(text, add_special_tokens=False, parse_special=False)
+        assert b"".join(ours.token_bytes(i) for i in ids) == text.encode(), text
+
+
+def test_sentencepiece_style_hf_files(tmp_path):
+    """A tokenizer.json laid out as Llama 2's: space prefix, byte fallback, BOS added."""
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "▁": 3, "h": 4, "i": 5, "hi": 6, "▁h": 7, "▁hi": 8,
+             **{f"<0x{byte:02X}>": 9 + byte for byte in range(256)}}
+    backend = tokenizers.Tokenizer(models.BPE(vocab, [("h", "i"), ("▁", "hi"), ("▁", "h")],
+                                              byte_fallback=True, unk_token="<unk>"))
+    backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"),
+                                               normalizers.Replace(" ", "▁")])
+    backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
+                                         decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    backend.add_special_tokens(["<unk>", "<s>", "</s>"])
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A",
+                                                           special_tokens=[("<s>", 1)])
+    backend.save(str(tmp_path / "tokenizer.json"))
+    write_json(tmp_path / "tokenizer_config.json", {
+        "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+        "tokenizer_class": "TokenizersBackend"})
+    reference = AutoTokenizer.from_pretrained(tmp_path)
+    ours = Tokenizer.from_hf_files(tmp_path / "tokenizer.json", tmp_path / "tokenizer_config.json")
+    assert_encodes_like(ours, reference, ["hi hi", "hé", "<s>hi", "</s> hi hé", "ih  h", " ", ""])
+    assert ours.token_bytes(9 + 0xC3) == b"\xc3" and ours.is_byte_token(9 + 0xC3)
+    assert ours.token_bytes(8) == b" hi" and not ours.is_byte_token(8)
+    assert (ours.bos_token_id, ours.eos_token_ids) == (1, {2})
 
 
 @pytest.fixture()
-def smollm_tokenizer_json(hf_folders, tmp_path) -> Path:
-    folder = hf_folders[SMOLLM]
-    transformers_tokenizer(SMOLLM, folder)
+def smollm_tokenizer_json(smollm_hf, tmp_path) -> Path:
+    _, folder = smollm_hf
     return Path(shutil.copy(folder / "tokenizer.json", tmp_path / "tokenizer.json"))
 
 
@@ -386,9 +414,8 @@ def write_json(path: Path, value) -> Path:
     return path
 
 
-def test_chat_template_saved_by_transformers_is_read(hf_folders):
-    folder = hf_folders[SMOLLM]
-    reference = transformers_tokenizer(SMOLLM, folder)
+def test_chat_template_saved_by_transformers_is_read(smollm_hf):
+    reference, folder = smollm_hf
     assert (folder / "chat_template.jinja").is_file()
     ours = Tokenizer.from_hf_files(folder / "tokenizer.json", folder / "tokenizer_config.json")
     assert ours.chat_template == reference.chat_template == gguf_tokenizer(SMOLLM).chat_template

@@ -96,8 +96,9 @@ class Runner:
     """Loads a model and serves requests on a background engine; safe to call from many threads.
 
     `max_seqs` bounds the sequences decoded together; `pa_gpu_mem` (MiB) sizes the KV cache
-    and `pa_blk_size` its blocks (tokens per block); `chat_template` overrides the model's
-    (a literal template or a path to a .jinja/.json file)."""
+    and `pa_blk_size` its blocks (tokens per block); `prefix_cache_n=0` turns prefix caching
+    off; `chat_template` overrides the model's (a literal template or a path to a .jinja/.json
+    file)."""
 
     def __init__(self, which: Any, max_seqs: int = 16, chat_template: str | None = None,
                  pa_gpu_mem: int | None = None, pa_blk_size: int | None = None,
@@ -116,7 +117,8 @@ class Runner:
         self.repeat_last_n = repeat_last_n
         self.engine = Engine(self.loaded, max_seqs=max_seqs,
                              kv_cache_bytes=pa_gpu_mem * 2**20 if pa_gpu_mem else None,
-                             block_size=pa_blk_size or 32)
+                             block_size=pa_blk_size or 32,
+                             enable_prefix_caching=prefix_cache_n > 0)
 
     # -- prompts -------------------------------------------------------------------------------
     def chat_prompt_ids(self, messages: list[dict[str, Any]] | str) -> list[int]:

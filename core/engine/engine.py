@@ -109,28 +109,31 @@ class RequestHandle:
 class _Choice:
     """Engine-side state of one choice: its sequence, detokenizer and stop-string matcher."""
 
-    def __init__(self, handle: RequestHandle, index: int, seq: Sequence, params: SamplingParams,
-                 seed: int, detokenizer: IncrementalDetokenizer):
+    def __init__(self, handle: RequestHandle, index: int, seq: Sequence | None,
+                 params: SamplingParams, seed: int, detokenizer: IncrementalDetokenizer):
         self.handle, self.index, self.seq, self.params, self.seed = handle, index, seq, params, seed
         self.detokenizer = detokenizer
         self.stops = StopStringMatcher(params.stop_strings)
+        self.pending_forks: list[_Choice] = []
 
 
 class Engine:
     """Continuous-batching generation over one loaded model, in a background thread.
 
     `submit` is thread-safe. The KV cache gets `kv_cache_bytes` (default: 1 GiB on CPU, half of
-    the free GPU memory on CUDA), split into blocks of `block_size` tokens."""
+    the free GPU memory on CUDA), split into blocks of `block_size` tokens; full blocks are
+    reused across requests that share a prefix unless `enable_prefix_caching` is off."""
 
     def __init__(self, loaded: LoadedModel, max_seqs: int = 16, kv_cache_bytes: int | None = None,
-                 block_size: int = 32, max_batched_tokens: int = 2048):
+                 block_size: int = 32, max_batched_tokens: int = 2048,
+                 enable_prefix_caching: bool = True):
         self.loaded = loaded
         per_block = kv_bytes_per_block(loaded.model, block_size, loaded.dtype)
         if kv_cache_bytes is None:
             kv_cache_bytes = (torch.cuda.mem_get_info()[0] // 2 if loaded.device.type == "cuda"
                               else 1 << 30)
         num_blocks = max(1, kv_cache_bytes // per_block)
-        self.block_manager = BlockManager(num_blocks, block_size)
+        self.block_manager = BlockManager(num_blocks, block_size, enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, max_seqs, max_batched_tokens)
         self.runner = ModelRunner(loaded.model, num_blocks, block_size, loaded.dtype, loaded.device)
         self.max_context = min(loaded.max_context, num_blocks * block_size)
@@ -146,6 +149,9 @@ class Engine:
         params.validate(self.vocab_size)
         if not prompt_ids:
             raise InvalidRequestError("the prompt is empty")
+        if not all(0 <= t < self.vocab_size for t in prompt_ids):
+            raise InvalidRequestError(f"the prompt has token ids outside the vocabulary "
+                                      f"(0..{self.vocab_size - 1})")
         if len(prompt_ids) >= self.max_context:
             raise InvalidRequestError(
                 f"the prompt has {len(prompt_ids)} tokens, but the context holds at most "
@@ -172,6 +178,7 @@ class Engine:
             "total_blocks": self.block_manager.num_blocks,
             "preemptions": self.scheduler.num_preemptions,
             "prefill_tokens": self.num_prefill_tokens,
+            "reused_prefix_tokens": self.scheduler.num_reused_tokens,
         }
 
     # -- the engine thread -------------------------------------------------------------------
@@ -202,13 +209,16 @@ class Engine:
         if kind == "submit":
             handle, prompt_ids, params = payload
             base_seed = params.seed if params.seed is not None else random.getrandbits(63)
-            for i in range(params.n):
-                seq = Sequence(prompt_ids)
-                detok = IncrementalDetokenizer(self.loaded.tokenizer, prompt_ids=prompt_ids)
-                choice = _Choice(handle, i, seq, params, base_seed + i, detok)
-                seq.owner = choice
-                self._choices[seq.seq_id] = choice
-                self.scheduler.add(seq)
+            choices = [_Choice(handle, i, None, params, base_seed + i,
+                               IncrementalDetokenizer(self.loaded.tokenizer, prompt_ids=prompt_ids))
+                       for i in range(params.n)]
+            # Choice 0's sequence prefills the prompt; the others fork from it once it is done,
+            # sharing its cache blocks.
+            first = choices[0]
+            first.seq = Sequence(prompt_ids, owner=first)
+            first.pending_forks = choices[1:]
+            self._choices[first.seq.seq_id] = first
+            self.scheduler.add(first.seq)
         elif kind == "cancel":
             for choice in [c for c in self._choices.values() if c.handle is payload]:
                 self._retire(choice)
@@ -219,16 +229,29 @@ class Engine:
         scheduled = self.scheduler.schedule()
         if not scheduled:
             # Nothing fits although nothing runs: the cache is too small for the head request.
-            seq = self.scheduler.waiting[0]
-            self._finish_choice(seq.owner, "length")
+            self._finish_choice(self.scheduler.waiting[0].owner, "length")
             return
+        self.runner.copy_blocks(self.scheduler.block_copies)
         logits = self.runner.run(scheduled)
         self.scheduler.advance(scheduled)
-        self.num_prefill_tokens += sum(i.num_new_tokens for i in scheduled if i.num_new_tokens > 1)
-        seqs = [item.seq for item in scheduled if item.completes_input]
-        choices = [seq.owner for seq in seqs]
-        tokens, logprobs = sample_next(logits, seqs, [c.params for c in choices],
-                                       [c.seed for c in choices])
+        self.num_prefill_tokens += sum(
+            max(0, min(i.seq.num_computed, i.seq.num_prompt_tokens)
+                - (i.seq.num_computed - i.num_new_tokens)) for i in scheduled)
+        rows, choices = [], []
+        for row, item in enumerate(i for i in scheduled if i.completes_input):
+            choice = item.seq.owner
+            rows.append(row)
+            choices.append(choice)
+            for sibling in choice.pending_forks:
+                sibling.seq = Sequence(choice.seq.token_ids[:choice.seq.num_prompt_tokens],
+                                       owner=sibling)
+                self.scheduler.add_fork(choice.seq, sibling.seq)
+                self._choices[sibling.seq.seq_id] = sibling
+                rows.append(row)
+                choices.append(sibling)
+            choice.pending_forks = []
+        tokens, logprobs = sample_next(logits[rows], [c.seq for c in choices],
+                                       [c.params for c in choices], [c.seed for c in choices])
         for choice, token, lp in zip(choices, tokens, logprobs):
             self._on_token(choice, token, lp)
 
@@ -254,8 +277,8 @@ class Engine:
             self._maybe_close(handle)
 
     def _finish_choice(self, choice: _Choice, reason: str) -> None:
-        choice.handle._events.put(Delta(choice.index, choice.stops.flush(), None,
-                                        finish_reason=reason))
+        for c in [choice, *choice.pending_forks]:
+            c.handle._events.put(Delta(c.index, c.stops.flush(), None, finish_reason=reason))
         self._retire(choice)
         self._maybe_close(choice.handle)
 

@@ -70,6 +70,16 @@ class ModelRunner:
             max_q_len=max(item.num_new_tokens for item in scheduled),
         )
 
+    def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
+        """Copy-on-write: duplicate cache blocks (source, destination) in every layer."""
+        if not copies:
+            return
+        src = torch.tensor([s for s, _ in copies], device=self.device)
+        dst = torch.tensor([d for _, d in copies], device=self.device)
+        for k_cache, v_cache in self.kv_caches:
+            k_cache[dst] = k_cache[src]
+            v_cache[dst] = v_cache[src]
+
     @torch.inference_mode()
     def run(self, scheduled: list[ScheduledSequence], all_logits: bool = False) -> torch.Tensor:
         """Logits [rows, vocab]: one row per sequence whose input is complete, or with

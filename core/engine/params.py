@@ -6,6 +6,11 @@ from dataclasses import dataclass, field
 from mistralrs.errors import InvalidRequestError
 
 
+_MAX_BIAS = 100.0
+"""Largest logit bias / penalty magnitude (OpenAI's logit-bias range)."""
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
 @dataclass
 class SamplingParams:
     """Per-request generation settings. `temperature == 0` is greedy decoding."""
@@ -31,16 +36,24 @@ class SamplingParams:
         def bad(field_name: str, why: str):
             raise InvalidRequestError(f"{field_name} {why}")
 
+        def in_range(field_name: str, value: float, low: float, high: float):
+            if not low <= value <= high:  # NaN fails too
+                bad(field_name, f"must be in [{low}, {high}], got {value}")
+
         if self.max_tokens is not None and self.max_tokens < 0:
             bad("max_tokens", f"must be >= 0, got {self.max_tokens}")
-        if self.temperature < 0:
-            bad("temperature", f"must be >= 0, got {self.temperature}")
+        # The sampling kernels compute in float32 and int32: values that overflow them would
+        # turn logits into inf/NaN and fail the whole batch, not just this request.
+        in_range("temperature", self.temperature, 0.0, _FLOAT32_MAX)
         if not 0 < self.top_p <= 1:
             bad("top_p", f"must be in (0, 1], got {self.top_p}")
-        if not 0 <= self.min_p <= 1:
-            bad("min_p", f"must be in [0, 1], got {self.min_p}")
-        if self.repetition_penalty <= 0:
-            bad("repetition_penalty", f"must be > 0, got {self.repetition_penalty}")
+        in_range("min_p", self.min_p, 0.0, 1.0)
+        in_range("top_k", self.top_k, -(2**31), 2**31 - 1)
+        in_range("presence_penalty", self.presence_penalty, -_MAX_BIAS, _MAX_BIAS)
+        in_range("frequency_penalty", self.frequency_penalty, -_MAX_BIAS, _MAX_BIAS)
+        in_range("repetition_penalty", self.repetition_penalty, 1 / _MAX_BIAS, _MAX_BIAS)
+        for token, value in self.logit_bias.items():
+            in_range(f"logit_bias[{token}]", value, -_MAX_BIAS, _MAX_BIAS)
         if self.n < 1:
             bad("n", f"must be >= 1, got {self.n}")
         if self.top_logprobs < 0 or self.top_logprobs > 20:

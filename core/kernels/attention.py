@@ -3,7 +3,9 @@
 The cache (one pair per layer; the scheduler allocates blocks, these functions read and write):
     k_cache [num_blocks, block_size, num_kv_heads, head_dim_k]
     v_cache [num_blocks, block_size, num_kv_heads, head_dim_v]   (head_dim_v may differ)
-A token's slot is `block_index * block_size + offset`.
+A token's slot is `block_index * block_size + offset`. Slots never written must still hold
+finite numbers (allocate the caches with `torch.zeros`): the CPU path gathers whole blocks and
+gives the unused slots zero weight, and 0 * nan is nan.
 
 A ragged batch of B sequences:
     cu_seqlens_q  int32 [B+1]  sequence b's query rows are q[cu_seqlens_q[b]:cu_seqlens_q[b+1]]
@@ -50,8 +52,9 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     """Causal attention of the query rows q [T, Hq, Dk] of a ragged batch -> [T, Hq, Dv].
 
     Scores are (q . k) * scale, soft-capped to softcap * tanh(score / softcap) when `softcap` is
-    set; query head h reads kv head h // (Hq // Hkv). `max_q_len`, the longest q_len, lets the GPU
-    launch fit the batch without reading cu_seqlens_q back from the device."""
+    set; query head h reads kv head h // (Hq // Hkv). `max_q_len`, when given, must be at least
+    the longest q_len: it sizes the GPU launch without reading cu_seqlens_q back from the device
+    (without it, T bounds every q_len)."""
     _check_attention_inputs(q, k_cache, v_cache, context_lens, block_tables, sliding_window,
                             softcap)
     batch = context_lens.shape[0]

@@ -2,11 +2,13 @@
 from mistralrs.layers.attention import Attention
 from mistralrs.layers.batch import Batch
 from mistralrs.layers.causal_lm import CausalLM, Decoder
+from mistralrs.layers.decoder_layer import PreNormDecoderLayer
 from mistralrs.layers.embedding import Embedding
 from mistralrs.layers.linear import QuantLinear
-from mistralrs.layers.mlp import GatedMLP, activation
-from mistralrs.layers.norm import RMSNorm
+from mistralrs.layers.mlp import MLP, GatedMLP, activation
+from mistralrs.layers.norm import LayerNorm, RMSNorm
 from mistralrs.layers.rotary import RotaryEmbedding, rope_parameters_from_hf
+from mistralrs.layers.self_attention import SelfAttention
 
 __all__ = [
     "Attention",
@@ -15,9 +17,13 @@ __all__ = [
     "Decoder",
     "Embedding",
     "GatedMLP",
+    "LayerNorm",
+    "MLP",
+    "PreNormDecoderLayer",
     "QuantLinear",
     "RMSNorm",
     "RotaryEmbedding",
+    "SelfAttention",
     "activation",
     "rope_parameters_from_hf",
 ]

@@ -37,3 +37,18 @@ class GatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class MLP(nn.Module):
+    """down(act(up(x))): the plain feed-forward block (Starcoder2's c_fc/c_proj, Phi-2's
+    fc1/fc2; plugins map those checkpoint names to `up_proj`/`down_proj`, which are also
+    what llama.cpp's `ffn_up`/`ffn_down` map to)."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, act: str, bias: bool = False):
+        super().__init__()
+        self.up_proj = QuantLinear(hidden_size, intermediate_size, bias)
+        self.down_proj = QuantLinear(intermediate_size, hidden_size, bias)
+        self.act = activation(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.up_proj(x)))

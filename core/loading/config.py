@@ -59,3 +59,35 @@ def gguf_rope_parameters(view: dict[str, Any]) -> dict[str, Any]:
         if "rope.scaling.original_context_length" in view:
             rope["original_max_position_embeddings"] = view["rope.scaling.original_context_length"]
     return rope
+
+
+def decoder_dims(raw: dict[str, Any], fmt: str, default_head_dim: int | None = None,
+                 default_context: int = 4096) -> dict[str, int]:
+    """The sizes every decoder-only transformer states, under their Hugging Face names, from a
+    config.json (fmt "hf") or a GGUF config view (fmt "gguf"). `head_dim` is hidden/heads unless
+    the config says otherwise (or the family's transformers class has another default)."""
+    if fmt == "gguf":
+        heads = require(raw, "attention.head_count")
+        hidden = require(raw, "embedding_length")
+        return dict(
+            vocab_size=require(raw, "vocab_size"),
+            hidden_size=hidden,
+            intermediate_size=require(raw, "feed_forward_length"),
+            num_hidden_layers=require(raw, "block_count"),
+            num_attention_heads=heads,
+            num_key_value_heads=raw.get("attention.head_count_kv") or heads,
+            head_dim=raw.get("attention.key_length") or hidden // heads,
+            max_position_embeddings=raw.get("context_length", default_context),
+        )
+    heads = require(raw, "num_attention_heads")
+    hidden = require(raw, "hidden_size")
+    return dict(
+        vocab_size=require(raw, "vocab_size"),
+        hidden_size=hidden,
+        intermediate_size=require(raw, "intermediate_size"),
+        num_hidden_layers=require(raw, "num_hidden_layers"),
+        num_attention_heads=heads,
+        num_key_value_heads=raw.get("num_key_value_heads") or heads,
+        head_dim=raw.get("head_dim") or default_head_dim or hidden // heads,
+        max_position_embeddings=raw.get("max_position_embeddings", default_context),
+    )

@@ -50,6 +50,10 @@ class IncrementalDetokenizer:
         return self._emit(final=True)
 
     def _shown(self, token_id: int) -> bool:
+        """Special tokens are skipped, and so are ids past the tokenizer's vocabulary (models
+        often pad their embedding tables beyond it): they stand for no text."""
+        if token_id >= self._tokenizer.vocab_size:
+            return False
         return not (self._skip_special and token_id in self._tokenizer.special_token_ids)
 
     def _emit(self, final: bool) -> str:

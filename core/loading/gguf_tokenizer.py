@@ -259,7 +259,7 @@ def _array(metadata: Mapping[str, Any], key: str, element: type | tuple[type, ..
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         raise ModelFormatError(f"GGUF metadata {key} should be an array of {what}, "
                                f"not {type(value).__name__}")
-    if not all(isinstance(item, element) and not isinstance(item, bool) for item in value):
+    if not all(isinstance(item, element) for item in value):
         raise ModelFormatError(f"GGUF metadata {key} should be an array of {what}")
     return list(value)
 
@@ -273,13 +273,13 @@ def _token_list(metadata: Mapping[str, Any]) -> list[str]:
 
 
 def _token_types(metadata: Mapping[str, Any], n_tokens: int) -> list[int]:
-    types = _array(metadata, _KEY.TOKEN_TYPE, numbers.Integral, "integers")
+    types = _array(metadata, _KEY.TOKEN_TYPE, int, "integers")
     if types is None:
         return [_TYPE.NORMAL] * n_tokens
     if len(types) != n_tokens:
         raise ModelFormatError(f"GGUF metadata {_KEY.TOKEN_TYPE} has {len(types)} entries for "
                                f"{n_tokens} tokens")
-    unknown = {kind for kind in types if not 0 <= kind <= max(_TYPE)}  # 0: undefined
+    unknown = set(types) - set(range(max(_TYPE) + 1))  # 0: undefined
     if unknown:
         raise ModelFormatError(f"GGUF metadata {_KEY.TOKEN_TYPE} has unknown token types "
                                f"{sorted(unknown)}")
@@ -287,7 +287,7 @@ def _token_types(metadata: Mapping[str, Any], n_tokens: int) -> list[int]:
 
 
 def _scores(metadata: Mapping[str, Any], n_tokens: int) -> list[float]:
-    scores = _array(metadata, _KEY.SCORES, numbers.Real, "numbers")
+    scores = _array(metadata, _KEY.SCORES, (int, float), "numbers")
     if scores is None or len(scores) != n_tokens:
         raise ModelFormatError(f"a SentencePiece GGUF tokenizer needs one score per token in "
                                f"{_KEY.SCORES}; found {0 if scores is None else len(scores)} "

@@ -147,10 +147,11 @@ class Tokenizer:
 
     def token_bytes(self, token_id: int) -> bytes:
         """The bytes `token_id` stands for, out of context (a SentencePiece "▁" is a space, also
-        at the start of a text, where decoding drops it). May be part of a UTF-8 character."""
+        at the start of a text, where decoding drops it). May be part of a UTF-8 character;
+        empty for an id past the tokenizer's vocabulary."""
         piece = self._backend.id_to_token(token_id)
-        if piece is None:
-            raise IndexError(f"token id {token_id} is outside the vocabulary of {self.vocab_size}")
+        if piece is None:  # past the tokenizer's vocabulary (a padded embedding table)
+            return b""
         if self._spelling is _Spelling.BYTE_LEVEL:
             try:
                 return bytes(_GPT2_CHAR_TO_BYTE[char] for char in piece)

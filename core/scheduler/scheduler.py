@@ -22,9 +22,10 @@ class ScheduledSequence:
 
 class Scheduler:
     """Runs decodes of running sequences first, then admits waiting ones (prefills, chunked to
-    `max_batched_tokens` per step so that a long prompt cannot stall running decodes). When the
-    cache runs out of blocks, the newest running sequence is preempted: its blocks are freed and
-    it waits to be recomputed, which gives identical results."""
+    `max_batched_tokens` per step so that a long prompt cannot stall running decodes), reusing
+    cached prefix blocks. When the cache runs out of blocks, the newest running sequence is
+    preempted: its blocks are freed and it waits to be recomputed, which gives identical
+    results."""
 
     def __init__(self, block_manager: BlockManager, max_seqs: int, max_batched_tokens: int):
         if max_seqs < 1 or max_batched_tokens < 1:
@@ -35,9 +36,18 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
+        self.num_reused_tokens = 0
+        self.block_copies: list[tuple[int, int]] = []
+        """Copy-on-write block copies the KV cache must make before the scheduled step runs."""
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
+
+    def add_fork(self, parent: Sequence, child: Sequence) -> None:
+        """Run `child`, which shares the parent's tokens and cache blocks, beside it."""
+        self.blocks.fork(parent, child)
+        child.status = SequenceStatus.RUNNING
+        self.running.append(child)
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
@@ -59,6 +69,7 @@ class Scheduler:
         self.num_preemptions += 1
 
     def schedule(self) -> list[ScheduledSequence]:
+        self.block_copies = []
         scheduled: list[ScheduledSequence] = []
         budget = self.max_batched_tokens
         for seq in list(self.running):
@@ -74,16 +85,19 @@ class Scheduler:
                     break
             if seq.status is not SequenceStatus.RUNNING:
                 continue
-            self.blocks.grow(seq, seq.num_computed + n)
+            self.block_copies += self.blocks.grow(seq, seq.num_computed + n)
             scheduled.append(ScheduledSequence(seq, n))
             budget -= n
         while self.waiting and budget > 0 and len(self.running) < self.max_seqs:
             seq = self.waiting[0]
+            reused = self.blocks.reuse_prefix(seq)
             n = min(seq.num_uncomputed, budget)
             if not self.blocks.can_grow(seq, seq.num_computed + n):
+                self.blocks.free(seq)
                 break
+            self.num_reused_tokens += reused
             self.waiting.popleft()
-            self.blocks.grow(seq, seq.num_computed + n)
+            self.block_copies += self.blocks.grow(seq, seq.num_computed + n)
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             scheduled.append(ScheduledSequence(seq, n))
@@ -94,3 +108,4 @@ class Scheduler:
         """Record that the scheduled tokens are now in the cache."""
         for item in scheduled:
             item.seq.num_computed += item.num_new_tokens
+            self.blocks.cache_full_blocks(item.seq)

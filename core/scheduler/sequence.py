@@ -27,6 +27,8 @@ class Sequence:
         self.num_prompt_tokens = len(prompt_ids)
         self.num_computed = 0
         self.block_table: list[int] = []
+        self.block_keys: list[tuple] = []
+        """Content keys of the leading full blocks (see `BlockManager`)."""
         self.status = SequenceStatus.WAITING
         self.owner = owner
 

@@ -69,7 +69,7 @@ def make_batch(q_lens: list[int], context_lens: list[int], *, num_q_heads: int, 
 
 
 # A ragged batch: a whole prompt, a prefill chunk after cached blocks (each longer than one
-# 16-row query tile), decode rows (one at a block boundary, one with a single position).
+# interpreted 16-row query tile), decode rows (one at a block boundary, one with one position).
 MIXED = dict(q_lens=[19, 17, 1, 1, 1], context_lens=[19, 50, 33, 1, 24])
 
 # (num_q_heads, num_kv_heads, block_size, head_dim, head_dim_v, sliding_window, softcap)
@@ -134,6 +134,24 @@ def test_triton_split_decode_matches_reference(config):
     out = attention_triton.paged_decode_attention(*batch.decode_args(), **options)
     expected = attention_reference.paged_decode_attention(*batch.decode_args(), **options)
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_triton_16_bit_caches_accumulate_in_fp32():
+    """float16, not bfloat16: Triton 3.9's interpreter multiplies bfloat16 `tl.dot` operands as
+    their raw integer bits. The probabilities enter the P @ V dot rounded to 16 bits, hence the
+    tolerance of a few float16 ulps."""
+    batch, options = _batch("mqa-bs16-d64-softcap-window", **MIXED, dtype=torch.float16)
+    batch = batch.to(TRITON_DEVICE)
+    out = attention_triton.paged_attention(*batch.attention_args(), **options)
+    expected = attention_reference.paged_attention(*batch.attention_args(), **options)
+    assert out.dtype == torch.float16
+    torch.testing.assert_close(out, expected, atol=4e-3, rtol=4e-3)
+    decode, options = _batch("gqa3-bs4-d64", q_lens=[1, 1, 1], context_lens=[4 * KEY_TILE, 37, 1],
+                             dtype=torch.float16)
+    decode = decode.to(TRITON_DEVICE)
+    out = attention_triton.paged_decode_attention(*decode.decode_args(), **options)
+    expected = attention_reference.paged_decode_attention(*decode.decode_args(), **options)
+    torch.testing.assert_close(out, expected, atol=4e-3, rtol=4e-3)
 
 
 @pytest.mark.parametrize("config", CONFIGS)
