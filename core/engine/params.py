@@ -5,9 +5,9 @@ from dataclasses import dataclass, field
 
 from mistralrs.errors import InvalidRequestError
 
-
-_MAX_BIAS = 100.0
-"""Largest logit bias / penalty magnitude (OpenAI's logit-bias range)."""
+MAX_BIAS = 100.0
+"""Largest magnitude of a logit bias or a presence/frequency penalty (OpenAI's logit-bias
+range); `repetition_penalty` lies in [1 / MAX_BIAS, MAX_BIAS]."""
 _FLOAT32_MAX = 3.4028234663852886e38
 
 
@@ -49,11 +49,11 @@ class SamplingParams:
             bad("top_p", f"must be in (0, 1], got {self.top_p}")
         in_range("min_p", self.min_p, 0.0, 1.0)
         in_range("top_k", self.top_k, -(2**31), 2**31 - 1)
-        in_range("presence_penalty", self.presence_penalty, -_MAX_BIAS, _MAX_BIAS)
-        in_range("frequency_penalty", self.frequency_penalty, -_MAX_BIAS, _MAX_BIAS)
-        in_range("repetition_penalty", self.repetition_penalty, 1 / _MAX_BIAS, _MAX_BIAS)
+        in_range("presence_penalty", self.presence_penalty, -MAX_BIAS, MAX_BIAS)
+        in_range("frequency_penalty", self.frequency_penalty, -MAX_BIAS, MAX_BIAS)
+        in_range("repetition_penalty", self.repetition_penalty, 1 / MAX_BIAS, MAX_BIAS)
         for token, value in self.logit_bias.items():
-            in_range(f"logit_bias[{token}]", value, -_MAX_BIAS, _MAX_BIAS)
+            in_range(f"logit_bias[{token}]", value, -MAX_BIAS, MAX_BIAS)
         if self.n < 1:
             bad("n", f"must be >= 1, got {self.n}")
         if self.top_logprobs < 0 or self.top_logprobs > 20:

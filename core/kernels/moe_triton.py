@@ -80,11 +80,12 @@ def group_by_expert(topk_ids: torch.Tensor, num_experts: int,
     padded_ends = padded.cumsum(0)
     order = torch.argsort(flat, stable=True)
     experts = flat[order]
-    rank_in_expert = torch.arange(num_rows, device=flat.device) - (counts.cumsum(0) - counts)[experts]
+    device = flat.device
+    rank_in_expert = torch.arange(num_rows, device=device) - (counts.cumsum(0) - counts)[experts]
     num_blocks = triton.cdiv(num_rows + num_experts * (block_m - 1), block_m)
-    sorted_rows = torch.full((num_blocks * block_m,), num_rows, dtype=torch.int32, device=flat.device)
+    sorted_rows = torch.full((num_blocks * block_m,), num_rows, dtype=torch.int32, device=device)
     sorted_rows[(padded_ends - padded)[experts] + rank_in_expert] = order.to(torch.int32)
-    block_starts = torch.arange(num_blocks, device=flat.device) * block_m
+    block_starts = torch.arange(num_blocks, device=device) * block_m
     block_experts = torch.searchsorted(padded_ends, block_starts, right=True)
     block_experts = torch.where(block_experts < num_experts, block_experts, -1)
     return sorted_rows, block_experts.to(torch.int32)

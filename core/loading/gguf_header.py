@@ -119,7 +119,7 @@ class _Cursor:
 
     def check_count(self, count: int, min_bytes: int, what: str) -> None:
         if count * min_bytes > self.size - self.pos:
-            raise self.error(f"is corrupt: it claims {count} {what}, more than the "
+            raise self.error(f"is truncated or corrupt: it claims {count} {what}, more than the "
                              f"{self.size - self.pos} bytes after byte {self.pos} can hold")
 
     def unpack(self, layout: struct.Struct, what: str) -> tuple:

@@ -57,7 +57,8 @@ _CJK_RUN_REGEX = "[一-龥ࠀ-一가-퟿]+"
 # (Escapes: these characters have canonical equivalents that editors may silently substitute.)
 _DEEPSEEK_LLM_LETTERS = (
     "A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕ"
-    "ἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-\u1f7dᾀ-ᾴᾶ-ᾼ\u1fbeῂ-ῄῆ-ῌῐ-\u1fd3ῖ-\u1fdbῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤ\u2126ℨ\u212a-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳ"
+    "ἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-\u1f7dᾀ-ᾴᾶ-ᾼ\u1fbeῂ-ῄῆ-ῌῐ-\u1fd3ῖ-\u1fdbῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤ\u2126ℨ\u212a-ℭ"
+    "ℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳ"
     "Ꙁ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃")
 
 _REGEXES = {
@@ -118,42 +119,36 @@ def build_gguf_tokenizer(metadata: Mapping[str, Any]) -> GGUFTokenizer:
     model = _optional(metadata, _KEY.MODEL, str)
     if model is None:
         raise ModelFormatError(f"GGUF metadata has no {_KEY.MODEL}: the file carries no tokenizer")
+    if model not in ("gpt2", "llama"):
+        raise TokenizerError(f"GGUF tokenizer model {model!r} ({_KEY.MODEL}) is not supported; "
+                             "supported: 'gpt2' (byte-level BPE) and 'llama' (SentencePiece)")
     tokens = _token_list(metadata)
     types = _token_types(metadata, len(tokens))
+    # llama.cpp's defaults for SentencePiece files that leave these out
+    defaults = {_KEY.BOS_ID: 1, _KEY.EOS_ID: 2, _KEY.UNK_ID: 0} if model == "llama" else {}
+    special = {key: _token_id(metadata, key, len(tokens), defaults.get(key)) for key in (
+        _KEY.BOS_ID, _KEY.EOS_ID, _KEY.EOT_ID, _KEY.EOM_ID, _KEY.UNK_ID, _KEY.PAD_ID)}
     if model == "gpt2":
         pre = _pre_tokenizer(metadata)
         backend = _byte_level_bpe(tokens, _merges(metadata), pre)
-        add_bos_default, special_defaults = pre.add_bos, {}
-    elif model == "llama":
-        add_space_prefix = _optional(metadata, _KEY.ADD_PREFIX, bool)
-        backend = _sentencepiece_bpe(tokens, _scores(metadata, len(tokens)), metadata,
-                                     True if add_space_prefix is None else add_space_prefix)
-        # llama.cpp's defaults for SentencePiece files that name no special tokens
-        add_bos_default, special_defaults = True, {_KEY.BOS_ID: 1, _KEY.EOS_ID: 2, _KEY.UNK_ID: 0}
+        add_bos_default = pre.add_bos
     else:
-        raise TokenizerError(f"GGUF tokenizer model {model!r} ({_KEY.MODEL}) is not supported; "
-                             "supported: 'gpt2' (byte-level BPE) and 'llama' (SentencePiece)")
+        backend = _sentencepiece_bpe(tokens, _scores(metadata, len(tokens)), special[_KEY.UNK_ID],
+                                     _flag(metadata, _KEY.ADD_PREFIX, True))
+        add_bos_default = True
     _add_tokens_by_type(backend, tokens, types)
 
-    def special_id(key: str) -> int | None:
-        token_id = _token_id(metadata, key, len(tokens))
-        default = special_defaults.get(key)
-        if token_id is None and default is not None and default < len(tokens):
-            return default
-        return token_id
-
-    bos, eos = special_id(_KEY.BOS_ID), special_id(_KEY.EOS_ID)
     add_bos = _flag(metadata, _KEY.ADD_BOS, add_bos_default)
     add_eos = _flag(metadata, _KEY.ADD_EOS, False)
-    for wanted, token_id, key in [(add_bos, bos, _KEY.BOS_ID), (add_eos, eos, _KEY.EOS_ID)]:
-        if wanted and token_id is None:
+    for wanted, key in [(add_bos, _KEY.BOS_ID), (add_eos, _KEY.EOS_ID)]:
+        if wanted and special[key] is None:
             raise ModelFormatError(f"GGUF metadata asks to add a token it does not name ({key})")
-    end_ids = {special_id(key) for key in (_KEY.EOS_ID, _KEY.EOT_ID, _KEY.EOM_ID)}
+    end_ids = {special[key] for key in (_KEY.EOS_ID, _KEY.EOT_ID, _KEY.EOM_ID)} - {None}
     end_ids |= {i for i, (text, kind) in enumerate(zip(tokens, types))
                 if kind == _TYPE.CONTROL and text in _END_OF_TURN_TEXTS}
-    end_ids.discard(None)
-    return GGUFTokenizer(backend, bos, eos, frozenset(end_ids), special_id(_KEY.PAD_ID),
-                         add_bos, add_eos, _optional(metadata, _KEY.CHAT_TEMPLATE, str))
+    return GGUFTokenizer(backend, special[_KEY.BOS_ID], special[_KEY.EOS_ID], frozenset(end_ids),
+                         special[_KEY.PAD_ID], add_bos, add_eos,
+                         _optional(metadata, _KEY.CHAT_TEMPLATE, str))
 
 
 def _byte_level_bpe(tokens: list[str], merges: list[tuple[str, str]],
@@ -171,11 +166,10 @@ def _byte_level_bpe(tokens: list[str], merges: list[tuple[str, str]],
     return backend
 
 
-def _sentencepiece_bpe(tokens: list[str], scores: list[float], metadata: Mapping[str, Any],
+def _sentencepiece_bpe(tokens: list[str], scores: list[float], unk_id: int | None,
                        add_space_prefix: bool) -> BackendTokenizer:
     vocab = _vocab(tokens)
     byte_fallback = all(byte_token in vocab for byte_token in _BYTE_TOKENS)
-    unk_id = _token_id(metadata, _KEY.UNK_ID, len(tokens))
     backend = BackendTokenizer(models.BPE(
         vocab, _merges_by_score(tokens, scores, vocab), byte_fallback=byte_fallback,
         unk_token=None if unk_id is None else tokens[unk_id]))
@@ -309,10 +303,11 @@ def _merges(metadata: Mapping[str, Any]) -> list[tuple[str, str]]:
     return pairs
 
 
-def _token_id(metadata: Mapping[str, Any], key: str, n_tokens: int) -> int | None:
+def _token_id(metadata: Mapping[str, Any], key: str, n_tokens: int,
+              default: int | None = None) -> int | None:
     value = metadata.get(key)
     if value is None:
-        return None
+        return default if default is not None and default < n_tokens else None
     if not isinstance(value, numbers.Integral) or isinstance(value, bool):
         raise ModelFormatError(f"GGUF metadata {key} should be a token id, not {value!r}")
     if not 0 <= value < n_tokens:

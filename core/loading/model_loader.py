@@ -131,9 +131,10 @@ def load_gguf(quantized_model_id: str, quantized_filename: str | list[str],
         raise ModelNotFoundError("quantized_filename is empty: name the .gguf file(s) to load")
     paths = [hub.resolve_file(quantized_model_id, name, revision) for name in filenames]
     gguf = GGUFFile.open(paths)
+    view = gguf_config_view(gguf.metadata)
     architecture = _resolve_architecture(registry, arch,
-                                         lambda: registry.for_gguf(gguf.architecture))
-    config = architecture.parse_config(gguf_config_view(gguf.metadata), "gguf")
+                                         lambda: registry.for_gguf(gguf.architecture, view))
+    config = architecture.parse_config(view, "gguf")
     model = _build(architecture, config, gguf.tensors(), len(gguf.tensor_names()), "gguf",
                    dtype, device, progress)
     if tok_model_id:

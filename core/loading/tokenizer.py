@@ -29,6 +29,14 @@ class _Spelling(enum.Enum):
     SENTENCEPIECE = "sentencepiece"  # text with "▁" for a space, maybe "<0xNN>" for a raw byte
     TEXT = "text"  # anything else: a token is what decoding it alone gives
 
+    @staticmethod
+    def of(decoder_types: set[str]) -> _Spelling:
+        if "ByteLevel" in decoder_types:
+            return _Spelling.BYTE_LEVEL
+        if {"ByteFallback", "Metaspace"} & decoder_types:
+            return _Spelling.SENTENCEPIECE
+        return _Spelling.TEXT
+
 
 def _gpt2_byte_alphabet() -> dict[str, int]:
     """GPT-2's byte-level alphabet, character -> byte: printable Latin-1 bytes stand for
@@ -67,11 +75,9 @@ class Tokenizer:
         self.chat_template = chat_template
         added = backend.get_added_tokens_decoder()
         self.special_token_ids = frozenset(i for i, token in added.items() if token.special)
-        decoder_kinds = _kinds(backend.decoder)
-        self._spelling = (_Spelling.BYTE_LEVEL if "ByteLevel" in decoder_kinds else
-                          _Spelling.SENTENCEPIECE if {"ByteFallback", "Metaspace"} & decoder_kinds else
-                          _Spelling.TEXT)
-        self._byte_fallback = "ByteFallback" in decoder_kinds
+        decoder_types = _component_types(backend.decoder)
+        self._spelling = _Spelling.of(decoder_types)
+        self._byte_fallback = "ByteFallback" in decoder_types
         if add_bos is not None or add_eos is not None:
             self._set_post_processor(bool(add_bos), bool(add_eos))
 
@@ -187,7 +193,7 @@ class Tokenizer:
         return None if self.eos_token_id is None else self._backend.id_to_token(self.eos_token_id)
 
 
-def _kinds(component: Any) -> set[str]:
+def _component_types(component: Any) -> set[str]:
     """The `type` of a backend component and of every component nested in it."""
     if component is None:
         return set()

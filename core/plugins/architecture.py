@@ -51,5 +51,9 @@ class Architecture:
     hf_architectures: tuple[str, ...] = ()
     gguf_architectures: tuple[str, ...] = ()
     description: str = ""
+    gguf_matches: Callable[[dict[str, Any]], bool] | None = None
+    """For a GGUF architecture that several share (llama.cpp writes Llama, Mistral and Mixtral
+    all as `llama`): whether a file, by its config view, is this architecture's. An architecture
+    whose predicate accepts the file wins over those claiming the name without one."""
     provider: str = field(default="", compare=False)
     """Filled in by the registry: the distribution (or in-process plugin name) that registered it."""

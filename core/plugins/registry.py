@@ -136,11 +136,14 @@ class PluginRegistry:
                 "(e.g. `Which.Plain(..., arch=Architecture.Llama)`)")
         raise self._not_found("the Hugging Face architecture", claimed[0])
 
-    def for_gguf(self, gguf_arch: str) -> Architecture:
-        """The architecture claiming a GGUF `general.architecture` value."""
-        for arch in self.architectures.values():
-            if gguf_arch in arch.gguf_architectures:
-                return arch
+    def for_gguf(self, gguf_arch: str, config_view: dict | None = None) -> Architecture:
+        """The architecture claiming a GGUF `general.architecture` value; among several, the
+        one whose `gguf_matches` accepts the file's config view, else one without a predicate."""
+        claimants = [a for a in self.architectures.values() if gguf_arch in a.gguf_architectures]
+        matching = [a for a in claimants if a.gguf_matches and a.gguf_matches(config_view or {})]
+        generic = [a for a in claimants if a.gguf_matches is None]
+        if matching or generic:
+            return (matching or generic)[0]
         raise self._not_found("the GGUF architecture", gguf_arch)
 
 

@@ -1,0 +1,153 @@
+"""`SparseMoE`: a mixture-of-experts feed-forward block (Mixtral's), its stacked expert weights
+and its routing.
+
+Routing is a separate function, `routing(router_logits [T, E], top_k) -> (weights float32
+[T, top_k], expert ids [T, top_k])`, so that families with other rules (Phi-3.5-MoE's
+sparsemixer, DeepSeek's group-limited routing, Qwen-MoE without renormalization) plug their own
+into the same block.
+
+The experts' weights are kept stacked, one `ExpertLinear` [E, out, in] per projection, float or
+packed GGUF, so that they stay addressable as a group (e.g. to quantize only the experts).
+Checkpoints store them one expert per tensor (Hugging Face) or all experts in one (GGUF): weight
+mappers wrap either with `expert_slice`, and the stack is assembled once every expert arrived.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mistralrs.kernels.gguf import dequantize
+from mistralrs.kernels.gguf.packed import QuantizedTensor
+from mistralrs.kernels.moe import ACTIVATIONS, ExpertWeight, PackedExperts, fused_moe
+from mistralrs.layers.linear import QuantLinear
+
+Routing = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
+
+
+def softmax_topk(router_logits: torch.Tensor, top_k: int,
+                 renormalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixtral's routing: softmax over all experts (in fp32), keep the top_k, and rescale their
+    probabilities to sum to 1 (`renormalize`)."""
+    probs = F.softmax(router_logits.float(), dim=-1)
+    weights, ids = torch.topk(probs, top_k, dim=-1)
+    if renormalize:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights, ids
+
+
+@dataclass(frozen=True)
+class ExpertSlice:
+    """Checkpoint weights of the experts first .. first + count - 1 of a stacked
+    [num_experts, out, in] expert weight: float [count, out, in] (or [out, in] for one expert),
+    or a packed `QuantizedTensor` of count * out rows."""
+
+    tensor: torch.Tensor | QuantizedTensor
+    first: int
+    count: int
+    num_experts: int
+
+    @property
+    def rows_per_expert(self) -> int:
+        return math.prod(self.tensor.shape[:-1]) // self.count
+
+    @property
+    def shape(self) -> torch.Size:
+        """The stacked weight's shape, which the loader checks against the parameter."""
+        return torch.Size((self.num_experts, self.rows_per_expert, self.tensor.shape[-1]))
+
+
+def expert_slice(first: int, count: int, num_experts: int):
+    """A weight-mapper transform: the tensor holds experts first .. first + count - 1."""
+    return lambda tensor: ExpertSlice(tensor, first, count, num_experts)
+
+
+class ExpertLinear(nn.Module):
+    """One projection of every expert, stacked: `weight` float [E, out, in], or packed GGUF
+    blocks (`qweight` uint8 [E, out, row_bytes] and `qtype`) when every expert came packed in
+    one type."""
+
+    def __init__(self, num_experts: int, in_features: int, out_features: int):
+        super().__init__()
+        self.num_experts = num_experts
+        self.in_features = in_features
+        self.out_features = out_features
+        self.weight = nn.Parameter(torch.empty(num_experts, out_features, in_features),
+                                   requires_grad=False)
+        self.register_buffer("qweight", None)
+        self.qtype: int | None = None
+        self._arrived: list[ExpertSlice] = []
+
+    def load_checkpoint_tensor(self, leaf: str, value: ExpertSlice, dtype: torch.dtype) -> None:
+        if not isinstance(value, ExpertSlice):
+            raise TypeError("expert weights load through `expert_slice`; "
+                            f"got {type(value).__name__}")
+        self._arrived.append(value)
+        if sum(part.count for part in self._arrived) < self.num_experts:
+            return
+        parts, self._arrived = sorted(self._arrived, key=lambda part: part.first), []
+        qtypes = {getattr(part.tensor, "qtype", None) for part in parts}
+        if len(qtypes) == 1 and None not in qtypes:
+            packed = torch.cat([part.tensor.packed for part in parts])
+            self.qweight = packed.reshape(self.num_experts, self.out_features, -1)
+            self.qtype = qtypes.pop()
+            self.weight = None
+            return
+        floats = [dequantize(part.tensor.packed, part.tensor.qtype)
+                  if isinstance(part.tensor, QuantizedTensor) else part.tensor for part in parts]
+        stacked = torch.cat([t.to(dtype).reshape(-1, self.out_features, self.in_features)
+                             for t in floats])
+        self.weight = nn.Parameter(stacked, requires_grad=False)
+
+    @property
+    def is_loaded(self) -> bool:
+        return self.qweight is not None or not self.weight.is_meta
+
+    @property
+    def stacked(self) -> ExpertWeight:
+        """The weight as `mistralrs.kernels.moe.fused_moe` takes it."""
+        return self.weight if self.qweight is None else PackedExperts(self.qweight, self.qtype)
+
+    def extra_repr(self) -> str:
+        kind = f"qtype={self.qtype}" if self.qweight is not None else "float"
+        return (f"experts={self.num_experts}, in={self.in_features}, out={self.out_features}, "
+                f"{kind}")
+
+
+class Experts(nn.Module):
+    """The gated MLPs of all experts: down(act(gate(x)) * up(x)), each projection stacked."""
+
+    def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int):
+        super().__init__()
+        self.gate_proj = ExpertLinear(num_experts, hidden_size, intermediate_size)
+        self.up_proj = ExpertLinear(num_experts, hidden_size, intermediate_size)
+        self.down_proj = ExpertLinear(num_experts, intermediate_size, hidden_size)
+
+
+class SparseMoE(nn.Module):
+    """Routes each token to `top_k` of `num_experts` gated MLPs and sums their outputs weighted
+    by the router (`gate`, a linear layer to one logit per expert)."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, num_experts: int, top_k: int,
+                 act: str = "silu", routing: Routing = softmax_topk):
+        super().__init__()
+        if not 0 < top_k <= num_experts:
+            raise ValueError(f"top_k={top_k} experts per token cannot be picked from {num_experts}")
+        if act not in ACTIVATIONS:
+            raise NotImplementedError(f"activation {act!r} is not supported in MoE experts; "
+                                      f"known: {', '.join(ACTIVATIONS)}")
+        self.gate = QuantLinear(hidden_size, num_experts)
+        self.experts = Experts(num_experts, hidden_size, intermediate_size)
+        self.top_k = top_k
+        self.act = act
+        self.routing = routing
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights, ids = self.routing(self.gate(x), self.top_k)
+        e = self.experts
+        return fused_moe(x, e.gate_proj.stacked, e.up_proj.stacked, e.down_proj.stacked,
+                         weights, ids, self.act)
