@@ -1,7 +1,8 @@
-"""The `mistralrs` command: `run` (chat in the terminal), `plugins`."""
+"""The `mistralrs` command: `run` (chat in the terminal), `serve` (the HTTP server), `plugins`."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -105,6 +106,78 @@ def _read_line() -> str | None:
     return line if line.strip() else None
 
 
+def _served_model_id(runner) -> str:
+    """The model's id as /v1/models reports it: a hub id as given, a local path by its name."""
+    name = runner.loaded.name
+    return Path(name).name if Path(name).exists() else name
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from mistralrs.server import ServerConfig, create_app, serve
+    except ImportError as e:
+        print(f"error: the server needs its extra dependencies ({e.name} is missing): "
+              "pip install 'mistralrs-triton[server]'", file=sys.stderr)
+        return 2
+    runner = _runner(args)
+    try:
+        config = ServerConfig(
+            model_name=args.served_model_name or _served_model_id(runner),
+            check_model_name=args.served_model_name is not None,
+            api_key=args.api_key, max_body_bytes=args.max_body_bytes,
+            max_concurrent_requests=args.max_concurrent_requests,
+            max_tokens_limit=args.max_tokens_limit, keep_alive_seconds=args.keep_alive_interval)
+        serve(create_app(runner, config), args.host, args.port, args.shutdown_timeout,
+              args.log_level)
+        return 0
+    finally:
+        runner.shutdown()
+
+
+def _milliseconds(value: str) -> float:
+    from mistralrs.server.config import parse_milliseconds
+
+    try:
+        return parse_milliseconds(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number of milliseconds, "
+                                         f"got {value!r}") from None
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return number
+
+
+def _add_serve_arguments(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all)")
+    serve.add_argument("-p", "--port", type=int, default=8080)
+    serve.add_argument("--api-key", default=os.environ.get("MISTRALRS_API_KEY"),
+                       help="require `Authorization: Bearer KEY` on /v1 (default: "
+                            "$MISTRALRS_API_KEY; none: no authentication)")
+    serve.add_argument("--served-model-name", metavar="NAME",
+                       help="the model id to report; requests naming another model get 404 "
+                            "(default: the model's file or directory name, any name accepted)")
+    serve.add_argument("--max-tokens-limit", type=_positive, metavar="N",
+                       help="most tokens one request may generate, and the default")
+    serve.add_argument("--max-concurrent-requests", type=_positive, default=128, metavar="N",
+                       help="generation requests in flight (running or queued) before new ones "
+                            "get 429 (default: 128)")
+    serve.add_argument("--max-body-bytes", type=_positive, default=2 * 2**20, metavar="N",
+                       help="largest request body; larger ones get 413 (default: 2 MiB)")
+    serve.add_argument("--keep-alive-interval", type=_milliseconds, metavar="MS",
+                       default=os.environ.get("KEEP_ALIVE_INTERVAL", "10000"),
+                       help="keep-alive comment in a silent stream every MS milliseconds "
+                            "(default: $KEEP_ALIVE_INTERVAL or 10000)")
+    serve.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="SECONDS",
+                       help="on SIGINT/SIGTERM, how long requests in flight may finish before "
+                            "they are cancelled (default: 30)")
+    serve.add_argument("--log-level", default="info",
+                       choices=["critical", "error", "warning", "info", "debug"])
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from mistralrs.plugins import default_registry
 
@@ -132,6 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--top-p", type=float, default=None)
     run.add_argument("--top-k", type=int, default=None)
     run.set_defaults(func=cmd_run)
+
+    serve = commands.add_parser("serve", help="serve the OpenAI-compatible HTTP API")
+    _add_model_arguments(serve)
+    _add_serve_arguments(serve)
+    serve.set_defaults(func=cmd_serve)
 
     plugins = commands.add_parser("plugins", help="list installed architecture plugins")
     plugins.set_defaults(func=cmd_plugins)

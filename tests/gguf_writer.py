@@ -38,10 +38,12 @@ def quantized_roundtrip(weight: np.ndarray, qtype: GGMLQuantizationType) -> torc
 
 
 def _write_gguf(model, path: Path, arch: str, qtype: GGMLQuantizationType, add_metadata,
-                transform=None, skip: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+                transform=None, skip: tuple[str, ...] = (),
+                tensors: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Shared by the writers below: the metadata every architecture has, `add_metadata(writer)`
     for the rest, then each HF tensor (but `skip`) under its gguf-py name, passed through
-    `transform(gguf_name, array)` as the converter would; 2-D weights stored as `qtype`.
+    `transform(gguf_name, array)` as the converter would; weights of 2 or more dimensions stored
+    as `qtype`. `tensors` replaces the model's state dict where the converter renames or splits.
     Returns the HF state dict as a GGUF reader should reconstruct it (quantization applied)."""
     config = model.config
     names = get_tensor_name_map(next(k for k, v in MODEL_ARCH_NAMES.items() if v == arch),
@@ -59,14 +61,14 @@ def _write_gguf(model, path: Path, arch: str, qtype: GGMLQuantizationType, add_m
     add_metadata(writer)
     write_byte_level_vocab(writer)
     expected = {}
-    for hf_name, tensor in model.state_dict().items():
+    for hf_name, tensor in (model.state_dict() if tensors is None else tensors).items():
         if hf_name in skip:
             continue
         gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         data = tensor.float().numpy()
         if transform is not None:
             data = transform(gguf_name, data)
-        if data.ndim == 2 and qtype != GGMLQuantizationType.F32:
+        if data.ndim >= 2 and qtype != GGMLQuantizationType.F32:
             writer.add_tensor(gguf_name, quants.quantize(data, qtype), raw_dtype=qtype)
             expected[hf_name] = quantized_roundtrip(tensor.float().numpy(), qtype)
         else:
@@ -81,11 +83,17 @@ def _write_gguf(model, path: Path, arch: str, qtype: GGMLQuantizationType, add_m
 
 def write_llama_gguf(model, path: Path, qtype: GGMLQuantizationType) -> dict[str, torch.Tensor]:
     """Write a transformers Llama model as GGUF; 2-D weights (but norms) stored as `qtype`.
+    Mistral and Mixtral too, as llama.cpp does: a Mixtral's experts become the stacked
+    `ffn_{gate,up,down}_exps` tensors, with `expert_count` and `expert_used_count`.
     Returns the HF state dict as a GGUF reader should reconstruct it (quantization applied)."""
     config = model.config
+    num_experts = getattr(config, "num_local_experts", 0)
 
     def add_metadata(writer: GGUFWriter) -> None:
         writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
+        if num_experts:
+            writer.add_expert_count(num_experts)
+            writer.add_expert_used_count(config.num_experts_per_tok)
 
     def permute_rotary_rows(gguf_name: str, data: np.ndarray) -> np.ndarray:
         if gguf_name.endswith("attn_q.weight"):
@@ -94,7 +102,39 @@ def write_llama_gguf(model, path: Path, qtype: GGMLQuantizationType) -> dict[str
             return permute_for_llama_cpp(data, config.num_key_value_heads)
         return data
 
-    return _write_gguf(model, path, "llama", qtype, add_metadata, permute_rotary_rows)
+    expected = _write_gguf(model, path, "llama", qtype, add_metadata, permute_rotary_rows,
+                           tensors=_split_stacked_experts(model.state_dict()))
+    return _merge_stacked_experts(expected)
+
+
+def _split_stacked_experts(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers' stacked experts (`experts.gate_up_proj` [E, 2I, H], `experts.down_proj`)
+    under the per-projection names that gguf-py maps to `ffn_{gate,up,down}_exps`."""
+    split = {}
+    for name, tensor in state.items():
+        if name.endswith(".experts.gate_up_proj"):
+            gate, up = tensor.chunk(2, dim=1)
+            split[name.replace("gate_up_proj", "gate_proj.weight")] = gate
+            split[name.replace("gate_up_proj", "up_proj.weight")] = up
+        elif name.endswith(".experts.down_proj"):
+            split[name + ".weight"] = tensor
+        else:
+            split[name] = tensor
+    return split
+
+
+def _merge_stacked_experts(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of `_split_stacked_experts`."""
+    merged = {}
+    for name, tensor in state.items():
+        if name.endswith(".experts.gate_proj.weight"):
+            up = state[name.replace("gate_proj", "up_proj")]
+            merged[name.replace("gate_proj.weight", "gate_up_proj")] = torch.cat([tensor, up], 1)
+        elif name.endswith(".experts.down_proj.weight"):
+            merged[name.removesuffix(".weight")] = tensor
+        elif not name.endswith(".experts.up_proj.weight"):
+            merged[name] = tensor
+    return merged
 
 
 _GEMMA_ARCHES = {"gemma": "gemma", "gemma2": "gemma2", "gemma3_text": "gemma3"}
@@ -133,6 +173,40 @@ def write_gemma_gguf(model, path: Path, qtype: GGMLQuantizationType) -> dict[str
     if not config.tie_word_embeddings:
         return _write_gguf(model, path, arch, qtype, add_metadata, add_one_to_norms)
     expected = _write_gguf(model, path, arch, qtype, add_metadata, add_one_to_norms,
+                           skip=("lm_head.weight",))
+    expected["lm_head.weight"] = expected["model.embed_tokens.weight"]
+    return expected
+
+
+def write_neox_rope_gguf(model, path: Path, arch: str,
+                         qtype: GGMLQuantizationType) -> dict[str, torch.Tensor]:
+    """Write a transformers qwen2, qwen3 or starcoder2 model as llama.cpp's converter does:
+    these run with NEOX (rotate-half) rope, so q/k rows keep their Hugging Face order; no output
+    tensor when embeddings are tied; the head size when the config states one. Beyond the
+    converter, a Starcoder2 sliding window is written as `attention.sliding_window` (llama.cpp
+    ignores it). Returns what `write_llama_gguf` does."""
+    config = model.config
+
+    def add_metadata(writer: GGUFWriter) -> None:
+        writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
+        if getattr(config, "head_dim", None):
+            writer.add_key_length(config.head_dim)
+            writer.add_value_length(config.head_dim)
+        if arch == "starcoder2":
+            writer.add_layer_norm_eps(config.norm_epsilon)
+            if config.sliding_window:
+                writer.add_sliding_window(config.sliding_window)
+
+    return _write_gguf_as_converter(model, path, arch, qtype, add_metadata)
+
+
+def _write_gguf_as_converter(model, path: Path, arch: str, qtype: GGMLQuantizationType,
+                             add_metadata, transform=None) -> dict[str, torch.Tensor]:
+    """`_write_gguf`, with no output tensor for tied embeddings (llama.cpp's converter reads
+    safetensors, which hold no lm_head then); the expected lm_head is the table read back."""
+    if not model.config.tie_word_embeddings:
+        return _write_gguf(model, path, arch, qtype, add_metadata, transform)
+    expected = _write_gguf(model, path, arch, qtype, add_metadata, transform,
                            skip=("lm_head.weight",))
     expected["lm_head.weight"] = expected["model.embed_tokens.weight"]
     return expected

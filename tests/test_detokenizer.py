@@ -94,6 +94,13 @@ def test_special_tokens_are_skipped_or_shown():
         "<|im_start|>user\nhi<|im_end|>"
 
 
+def test_ids_past_the_vocabulary_stand_for_no_text():
+    """Models often pad their embedding table beyond the tokenizer's vocabulary."""
+    tokenizer = gguf_tokenizer(SMOLLM)
+    hi = tokenizer.encode("hi")
+    assert "".join(stream(tokenizer, [*hi, tokenizer.vocab_size, *hi])) == "hihi"
+
+
 class DecodeSpy:
     """A tokenizer that records the longest id list it was asked to decode."""
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import mistralrs_arch_llama.plugin
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -18,17 +19,31 @@ from mistralrs.plugins import Architecture, PluginRegistry, default_registry, ho
 from tiny_models import save_hf_model
 
 
-def test_missing_plugin_names_the_distribution_and_lists_installed():
+@pytest.fixture
+def llama_only():
+    """A registry holding only the Llama plugin, as if it were the only one installed."""
+    registry = PluginRegistry(load_entry_points=False)
+    registry.register_plugin(mistralrs_arch_llama.plugin, name="mistralrs-arch-llama")
+    return registry
+
+
+def test_missing_plugin_names_the_distribution_and_lists_installed(llama_only):
     with pytest.raises(ArchitectureNotFoundError) as err:
-        default_registry().get("Mixtral")
+        llama_only.get("Mixtral")
     message = str(err.value)
     assert "pip install mistralrs-arch-mistral" in message
-    assert "Llama" in message  # what is installed
+    assert "Installed architectures: Llama" in message
 
 
-def test_unclaimed_hf_architecture(tmp_path):
+def test_unclaimed_hf_architecture(tmp_path, llama_only):
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["Qwen2ForCausalLM"]}))
     with pytest.raises(ArchitectureNotFoundError, match="pip install mistralrs-arch-qwen"):
+        load_plain(str(tmp_path), registry=llama_only, progress=False)
+
+
+def test_unknown_architecture_without_a_first_party_plugin(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["MadeUpForCausalLM"]}))
+    with pytest.raises(ArchitectureNotFoundError, match="docs/plugins.md"):
         load_plain(str(tmp_path), progress=False)
 
 

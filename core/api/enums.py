@@ -21,6 +21,9 @@ class Architecture(str, enum.Enum):
     Phi3_5MoE = "Phi3_5MoE"
     DeepseekV2 = "DeepseekV2"
     DeepseekV3 = "DeepseekV3"
+    # Beyond the seed: architectures users expect that mistral.rs added later.
+    Gemma3 = "Gemma3"
+    Qwen3 = "Qwen3"
 
 
 class VisionArchitecture(str, enum.Enum):

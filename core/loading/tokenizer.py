@@ -72,6 +72,7 @@ class Tokenizer:
         self.eos_token_ids = frozenset(extra_eos_token_ids) | (
             {eos_token_id} if eos_token_id is not None else set())
         self.pad_token_id = pad_token_id
+        self.vocab_size = backend.get_vocab_size(with_added_tokens=True)  # slow to ask each time
         self.chat_template = chat_template
         added = backend.get_added_tokens_decoder()
         self.special_token_ids = frozenset(i for i, token in added.items() if token.special)
@@ -179,10 +180,6 @@ class Tokenizer:
         return self._backend.token_to_id(text)
 
     # --- facts about the vocabulary -------------------------------------------------------
-
-    @property
-    def vocab_size(self) -> int:
-        return self._backend.get_vocab_size(with_added_tokens=True)
 
     @property
     def bos_token(self) -> str | None:

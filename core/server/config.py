@@ -1,20 +1,14 @@
 """What `mistralrs serve` is configured with beyond the model."""
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
-def _keep_alive_from_environment() -> float:
-    """KEEP_ALIVE_INTERVAL (milliseconds, as mistral.rs reads it), default 10 s."""
-    raw = os.environ.get("KEEP_ALIVE_INTERVAL", "10000")
-    try:
-        milliseconds = float(raw)
-    except ValueError:
-        raise ValueError(f"KEEP_ALIVE_INTERVAL must be a number of milliseconds, got {raw!r}") \
-            from None
-    if milliseconds <= 0:
-        raise ValueError(f"KEEP_ALIVE_INTERVAL must be positive, got {raw!r}")
+def parse_milliseconds(value: str) -> float:
+    """A positive number of milliseconds (as KEEP_ALIVE_INTERVAL is given) -> seconds."""
+    milliseconds = float(value)
+    if not milliseconds > 0:
+        raise ValueError(f"expected a positive number of milliseconds, got {value!r}")
     return milliseconds / 1000
 
 
@@ -22,7 +16,8 @@ def _keep_alive_from_environment() -> float:
 class ServerConfig:
     """`model_name` is the id the server reports; with `check_model_name` a request naming
     another model (other than "") gets 404, else any name is accepted, as mistral.rs does.
-    `max_tokens_limit` caps what one request may generate and is its default."""
+    `max_tokens_limit` caps what one request may generate and is its default.
+    `keep_alive_seconds` is the longest a stream stays silent before a keep-alive comment."""
 
     model_name: str
     check_model_name: bool = False
@@ -30,4 +25,4 @@ class ServerConfig:
     max_body_bytes: int = 2 * 2**20
     max_concurrent_requests: int = 128
     max_tokens_limit: int | None = None
-    keep_alive_seconds: float = field(default_factory=_keep_alive_from_environment)
+    keep_alive_seconds: float = 10.0

@@ -46,10 +46,25 @@ def error_response(status: int, message: str, type: str = "invalid_request_error
                         headers=headers)
 
 
-def _describe(error: dict[str, Any]) -> tuple[str, str]:
+def _input_path(body: Any, loc: tuple) -> str:
+    """The dotted path of an error in the request body. pydantic's `loc` also names the union
+    member it tried (`stop.list[constrained-str].0`); those parts are not in the input, so
+    following the input keeps only real keys and indices (and a missing or unknown key last)."""
+    parts, node = [], body
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif not (isinstance(node, dict) and i == len(loc) - 1):
+            continue
+        parts.append(str(part))
+    return ".".join(parts)
+
+
+def _describe(error: dict[str, Any], body: Any) -> tuple[str, str]:
     """(dotted field path, sentence) for one pydantic error."""
-    loc = [str(part) for part in error["loc"][1:]]  # drop the leading "body"
-    path = ".".join(loc)
+    path = _input_path(body, error["loc"][1:])  # drop the leading "body"
     if error["type"] == "extra_forbidden":
         return path, f"`{path}` is not supported by this server"
     if error["type"] == "json_invalid":
@@ -59,8 +74,19 @@ def _describe(error: dict[str, Any]) -> tuple[str, str]:
     return path, f"{path or 'body'}: {error['msg']}"
 
 
+def _closest(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A value matching no member of a union gets one error per member; of those, keep the
+    ones that got deepest into the value (the member the client most likely meant)."""
+    depth: dict[Any, int] = {}
+    for e in errors:
+        field = e["loc"][:2]
+        depth[field] = max(depth.get(field, 0), len(e["loc"]))
+    return [e for e in errors if len(e["loc"]) == depth[e["loc"][:2]]]
+
+
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    described = list(dict.fromkeys(_describe(e) for e in exc.errors()))
+    errors = _closest(list(exc.errors()))
+    described = list(dict.fromkeys(_describe(e, exc.body) for e in errors))
     message = "; ".join(sentence for _, sentence in described[:_MAX_LISTED])
     if len(described) > _MAX_LISTED:
         message += f"; and {len(described) - _MAX_LISTED} more"

@@ -106,6 +106,9 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, recording_send)
         finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
+            # Successful answers come from a fixed set of paths; keying failures by their
+            # path would let a client mint labels.
+            route = getattr(scope.get("route"), "path", None) or \
+                (scope["path"] if status < 400 else "unmatched")
             self.metrics.requests.labels(route, str(status)).inc()
             self.metrics.duration.labels(route).observe(time.perf_counter() - start)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from mistralrs.errors import ModelFormatError
 from mistralrs.layers import rope_parameters_from_hf
 from mistralrs.loading.config import eos_ids, gguf_rope_parameters, require
 
@@ -47,6 +48,12 @@ class GemmaConfig:
     tie_word_embeddings: bool = True
     attention_bias: bool = False
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
+
+    def __post_init__(self):
+        known = set(self.layer_types) <= {SLIDING, FULL}
+        if len(self.layer_types) != self.num_hidden_layers or not known:
+            raise ModelFormatError(f"layer_types must give {SLIDING!r} or {FULL!r} for each of the "
+                                   f"{self.num_hidden_layers} layers; got {list(self.layer_types)}")
 
 
 def layer_pattern(num_layers: int, period: int) -> tuple[str, ...]:

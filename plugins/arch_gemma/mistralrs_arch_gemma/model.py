@@ -17,9 +17,10 @@ from mistralrs.layers import (
     Decoder,
     Embedding,
     GatedMLP,
-    QuantLinear,
+    PreNormDecoderLayer,
     RMSNorm,
     RotaryEmbedding,
+    SelfAttention,
 )
 from mistralrs_arch_gemma.config import SLIDING, GemmaConfig
 
@@ -28,51 +29,27 @@ def gemma_norm(config: GemmaConfig, dim: int | None = None) -> RMSNorm:
     return RMSNorm(dim or config.hidden_size, config.rms_norm_eps, unit_offset=True)
 
 
-class GemmaAttention(nn.Module):
-    def __init__(self, config: GemmaConfig, layer_index: int, rotary: RotaryEmbedding):
-        super().__init__()
-        h, kv, d = config.num_attention_heads, config.num_key_value_heads, config.head_dim
-        bias = config.attention_bias
-        self.q_proj = QuantLinear(config.hidden_size, h * d, bias)
-        self.k_proj = QuantLinear(config.hidden_size, kv * d, bias)
-        self.v_proj = QuantLinear(config.hidden_size, kv * d, bias)
-        self.o_proj = QuantLinear(h * d, config.hidden_size, bias)
-        self.q_norm = gemma_norm(config, d) if config.qk_norm else None
-        self.k_norm = gemma_norm(config, d) if config.qk_norm else None
-        self.rotary = rotary
-        sliding = config.layer_types[layer_index] == SLIDING
-        self.attn = Attention(layer_index, h, kv, d, scale=config.query_pre_attn_scalar ** -0.5,
-                              sliding_window=config.sliding_window if sliding else None,
-                              softcap=config.attn_logit_softcapping)
-
-    def forward(self, x: torch.Tensor, batch: Batch) -> torch.Tensor:
-        t, d = x.shape[0], self.attn.head_dim
-        q = self.q_proj(x).view(t, self.attn.num_heads, d)
-        k = self.k_proj(x).view(t, self.attn.num_kv_heads, d)
-        v = self.v_proj(x).view(t, self.attn.num_kv_heads, d)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary(q, k, batch)
-        return self.o_proj(self.attn(q, k, v, batch))
+def gemma_attention(config: GemmaConfig, layer_index: int,
+                    rotary: RotaryEmbedding) -> SelfAttention:
+    sliding = config.layer_types[layer_index] == SLIDING
+    attn = Attention(layer_index, config.num_attention_heads, config.num_key_value_heads,
+                     config.head_dim, scale=config.query_pre_attn_scalar ** -0.5,
+                     sliding_window=config.sliding_window if sliding else None,
+                     softcap=config.attn_logit_softcapping)
+    qk_norm = (lambda dim: gemma_norm(config, dim)) if config.qk_norm else None
+    return SelfAttention(config.hidden_size, attn, rotary, config.attention_bias,
+                         config.attention_bias, qk_norm=qk_norm)
 
 
 def gemma_mlp(config: GemmaConfig) -> GatedMLP:
     return GatedMLP(config.hidden_size, config.intermediate_size, config.hidden_act)
 
 
-class GemmaDecoderLayer(nn.Module):
+def gemma_decoder_layer(config: GemmaConfig, layer_index: int,
+                        rotary: RotaryEmbedding) -> PreNormDecoderLayer:
     """Gemma 1: a norm before attention and one before the MLP, as in Llama."""
-
-    def __init__(self, config: GemmaConfig, layer_index: int, rotary: RotaryEmbedding):
-        super().__init__()
-        self.input_layernorm = gemma_norm(config)
-        self.self_attn = GemmaAttention(config, layer_index, rotary)
-        self.post_attention_layernorm = gemma_norm(config)
-        self.mlp = gemma_mlp(config)
-
-    def forward(self, x: torch.Tensor, batch: Batch) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), batch)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    return PreNormDecoderLayer(gemma_norm(config), gemma_attention(config, layer_index, rotary),
+                               gemma_norm(config), gemma_mlp(config))
 
 
 class SandwichDecoderLayer(nn.Module):
@@ -82,7 +59,7 @@ class SandwichDecoderLayer(nn.Module):
     def __init__(self, config: GemmaConfig, layer_index: int, rotary: RotaryEmbedding):
         super().__init__()
         self.input_layernorm = gemma_norm(config)
-        self.self_attn = GemmaAttention(config, layer_index, rotary)
+        self.self_attn = gemma_attention(config, layer_index, rotary)
         self.post_attention_layernorm = gemma_norm(config)
         self.pre_feedforward_layernorm = gemma_norm(config)
         self.mlp = gemma_mlp(config)
@@ -99,7 +76,7 @@ def build_model(config: GemmaConfig) -> CausalLM:
 
     global_rotary = rotary(config.rope)
     local_rotary = global_rotary if config.local_rope == config.rope else rotary(config.local_rope)
-    layer_type = SandwichDecoderLayer if config.sandwich_norms else GemmaDecoderLayer
+    layer_type = SandwichDecoderLayer if config.sandwich_norms else gemma_decoder_layer
     layers = [layer_type(config, i, local_rotary if kind == SLIDING else global_rotary)
               for i, kind in enumerate(config.layer_types)]
     decoder = Decoder(Embedding(config.vocab_size, config.hidden_size), layers, gemma_norm(config),

@@ -38,7 +38,9 @@ TINY_CONFIGS = {
         rope_parameters={FULL: {"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0},
                          SLIDING: {"rope_type": "default", "rope_theta": 10.0}}),
 }
-MODEL_CLASSES = {"gemma": GemmaForCausalLM, "gemma2": Gemma2ForCausalLM, "gemma3": Gemma3ForCausalLM}
+MODEL_CLASSES = {"gemma": GemmaForCausalLM, "gemma2": Gemma2ForCausalLM,
+                 "gemma3": Gemma3ForCausalLM}
+ARCHITECTURE_NAMES = {"gemma": "Gemma", "gemma2": "Gemma2", "gemma3": "Gemma3"}
 
 
 def tiny_gemma(tmp_path, kind: str, seed: int = 0):
@@ -76,7 +78,7 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_logits_match_transformers_on_prefill_chunked_prefill_and_cached_decode(tmp_path, kind):
     reference, path = tiny_gemma(tmp_path, kind)
     loaded = load_plain(str(path), dtype=torch.float32, device=torch.device("cpu"), progress=False)
-    assert loaded.architecture.name == {"gemma": "Gemma", "gemma2": "Gemma2", "gemma3": "Gemma3"}[kind]
+    assert loaded.architecture.name == ARCHITECTURE_NAMES[kind]
     ids = random_ids(48, seed=1)
     with torch.no_grad():
         expected = reference(torch.tensor([ids])).logits[0]
@@ -93,7 +95,7 @@ def test_greedy_generation_matches_transformers_generate(tmp_path, kind):
     with torch.no_grad():
         generated = reference.generate(torch.tensor([prompt]), max_new_tokens=36, do_sample=False)
     expected = generated[0, len(prompt):].tolist()
-    runner = Runner(Which.Plain(model_id=str(path)), progress=False)
+    runner = Runner(Which.Plain(model_id=str(path), dtype="F32"), progress=False)
     try:
         out = runner.engine.submit(prompt, CompletionRequest(
             prompt, max_tokens=36, temperature=0).sampling_params()).result()

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mistralrs.layers import rope_parameters_from_hf
-from mistralrs.loading.config import eos_ids, gguf_rope_parameters, require
+from mistralrs.loading.config import decoder_dims, eos_ids, gguf_rope_parameters
 
 
 @dataclass
@@ -17,9 +17,9 @@ class LlamaConfig:
     num_attention_heads: int
     num_key_value_heads: int
     head_dim: int
+    max_position_embeddings: int
     rms_norm_eps: float
     rope: dict[str, Any]
-    max_position_embeddings: int
     tie_word_embeddings: bool = False
     attention_bias: bool = False
     mlp_bias: bool = False
@@ -28,35 +28,18 @@ class LlamaConfig:
 
 
 def parse_config(raw: dict[str, Any], fmt: str) -> LlamaConfig:
+    dims = decoder_dims(raw, fmt, default_context=2048 if fmt == "hf" else 4096)
     if fmt == "gguf":
-        heads = require(raw, "attention.head_count")
-        hidden = require(raw, "embedding_length")
         return LlamaConfig(
-            vocab_size=require(raw, "vocab_size"),
-            hidden_size=hidden,
-            intermediate_size=require(raw, "feed_forward_length"),
-            num_hidden_layers=require(raw, "block_count"),
-            num_attention_heads=heads,
-            num_key_value_heads=raw.get("attention.head_count_kv", heads),
-            head_dim=raw.get("attention.key_length", hidden // heads),
+            **dims,
             rms_norm_eps=raw.get("attention.layer_norm_rms_epsilon", 1e-5),
             rope=gguf_rope_parameters(raw),
-            max_position_embeddings=raw.get("context_length", 4096),
             tie_word_embeddings=True,  # used only when the file has no `output.weight`
         )
-    heads = require(raw, "num_attention_heads")
-    hidden = require(raw, "hidden_size")
     return LlamaConfig(
-        vocab_size=require(raw, "vocab_size"),
-        hidden_size=hidden,
-        intermediate_size=require(raw, "intermediate_size"),
-        num_hidden_layers=require(raw, "num_hidden_layers"),
-        num_attention_heads=heads,
-        num_key_value_heads=raw.get("num_key_value_heads") or heads,
-        head_dim=raw.get("head_dim") or hidden // heads,
+        **dims,
         rms_norm_eps=raw.get("rms_norm_eps", 1e-6),
         rope=rope_parameters_from_hf(raw),
-        max_position_embeddings=raw.get("max_position_embeddings", 2048),
         tie_word_embeddings=raw.get("tie_word_embeddings", False),
         attention_bias=raw.get("attention_bias", False),
         mlp_bias=raw.get("mlp_bias", False),

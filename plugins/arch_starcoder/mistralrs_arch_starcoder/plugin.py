@@ -1,0 +1,45 @@
+"""Registers Starcoder2 with mistralrs (entry point `mistralrs.architectures`)."""
+from __future__ import annotations
+
+from mistralrs.loading.gguf_names import llama_style_name
+from mistralrs.plugins import Architecture, MappedTensor, hookimpl
+from mistralrs_arch_starcoder.config import Starcoder2Config, parse_config
+from mistralrs_arch_starcoder.model import build_model
+
+# Hugging Face's names for the plain MLP -> the core `MLP`'s (llama.cpp's ffn_up / ffn_down).
+_HF_MLP_NAMES = {".mlp.c_fc.": ".mlp.up_proj.", ".mlp.c_proj.": ".mlp.down_proj."}
+
+
+def _hf_name(name: str) -> str:
+    for theirs, ours in _HF_MLP_NAMES.items():
+        name = name.replace(theirs, ours)
+    return name
+
+
+def weight_mapper(config: Starcoder2Config, fmt: str):
+    """llama.cpp runs Starcoder2 with NEOX (rotate-half) rope, so its converter leaves q/k rows
+    in Hugging Face order: no un-permuting."""
+    if fmt == "hf":
+        return lambda name: [MappedTensor(_hf_name(name))]
+
+    def map_gguf(name: str):
+        target = llama_style_name(name)
+        return [] if target is None else [MappedTensor(target)]
+
+    return map_gguf
+
+
+STARCODER2 = Architecture(
+    name="Starcoder2",
+    parse_config=parse_config,
+    weight_mapper=weight_mapper,
+    build_model=build_model,
+    hf_architectures=("Starcoder2ForCausalLM",),
+    gguf_architectures=("starcoder2",),
+    description="StarCoder2: LayerNorm, biased projections, gelu MLP, sliding window",
+)
+
+
+@hookimpl
+def register_architectures(register):
+    register(STARCODER2)
