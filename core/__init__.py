@@ -9,7 +9,18 @@ from mistralrs.api.enums import (
     ModelDType,
     VisionArchitecture,
 )
-from mistralrs.api.requests import ChatCompletionRequest, CompletionRequest
+from mistralrs.api.legacy import (
+    GemmaLoader,
+    LlamaLoader,
+    MistralLoader,
+    MixtralLoader,
+    ModelKind,
+    NormalLoader,
+    QuantizedLoader,
+    XLoraLoader,
+    XLoraQuantizedLoader,
+)
+from mistralrs.api.requests import ChatCompletionRequest, CompletionRequest, Request
 from mistralrs.api.responses import (
     ChatCompletionChunkResponse,
     ChatCompletionResponse,
@@ -34,6 +45,16 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Architecture",
+    "GemmaLoader",
+    "LlamaLoader",
+    "MistralLoader",
+    "MixtralLoader",
+    "ModelKind",
+    "NormalLoader",
+    "QuantizedLoader",
+    "Request",
+    "XLoraLoader",
+    "XLoraQuantizedLoader",
     "ArchitectureNotFoundError",
     "ChatCompletionChunkResponse",
     "ChatCompletionRequest",

@@ -1,6 +1,7 @@
 """`Runner`: load a model chosen by `Which` and answer chat and completion requests."""
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any, Iterator
@@ -30,6 +31,7 @@ from mistralrs.engine import Engine, RequestHandle, RequestOutput
 from mistralrs.engine.sampler import TokenLogprobs
 from mistralrs.errors import InvalidRequestError
 from mistralrs.loading.chat_template import render_chat_template
+from mistralrs.loading.hub import hub_token
 from mistralrs.loading.model_loader import LoadedModel, load_gguf, load_plain
 from mistralrs.plugins import PluginRegistry
 
@@ -49,7 +51,8 @@ _NOT_YET = {
 
 
 def load_which(which: Any, chat_template: str | None = None, device: torch.device | None = None,
-               registry: PluginRegistry | None = None, progress: bool = True) -> LoadedModel:
+               registry: PluginRegistry | None = None, progress: bool = True,
+               token: str | bool | None = None, revision: str | None = None) -> LoadedModel:
     """Load the model a `Which` variant describes."""
     kind = type(which).__name__
     if kind in _NOT_YET:
@@ -64,14 +67,15 @@ def load_which(which: Any, chat_template: str | None = None, device: torch.devic
         arch = getattr(which.arch, "value", which.arch)
         return load_plain(which.model_id, arch=arch, dtype=dtype,
                           tokenizer_json=which.tokenizer_json, chat_template=chat_template,
-                          device=device, registry=registry, progress=progress)
+                          device=device, registry=registry, progress=progress, token=token,
+                          revision=revision)
     if isinstance(which, Which.GGUF):
         if which.topology:
             raise NotImplementedError("topology is not supported yet")
         return load_gguf(which.quantized_model_id, which.quantized_filename,
                          tok_model_id=which.tok_model_id, dtype=dtype,
                          chat_template=chat_template, device=device, registry=registry,
-                         progress=progress)
+                         progress=progress, token=token, revision=revision)
     raise TypeError(f"expected a Which variant such as Which.Plain(...), got {which!r}")
 
 
@@ -98,23 +102,32 @@ class Runner:
     `max_seqs` bounds the sequences decoded together; `pa_gpu_mem` (MiB) sizes the KV cache
     and `pa_blk_size` its blocks (tokens per block); `prefix_cache_n=0` turns prefix caching
     off; `chat_template` overrides the model's (a literal template or a path to a .jinja/.json
-    file)."""
+    file); `token_source` is `cache`, `none`, `literal:<token>`, `env:<VAR>` or `path:<file>`;
+    `truncate_sequence` keeps the end of a prompt too long for the context (leaving room for
+    max_tokens, or 10 tokens) instead of rejecting it; `logfile` appends each request and
+    answer to a file as JSON lines."""
 
     def __init__(self, which: Any, max_seqs: int = 16, chat_template: str | None = None,
                  pa_gpu_mem: int | None = None, pa_blk_size: int | None = None,
                  no_kv_cache: bool = False, prefix_cache_n: int = 16, token_source: str = "cache",
                  repeat_last_n: int = 64, device: str | None = None,
-                 registry: PluginRegistry | None = None, progress: bool = True, **unsupported):
+                 truncate_sequence: bool = False, logfile: str | None = None,
+                 revision: str | None = None, registry: PluginRegistry | None = None,
+                 progress: bool = True, **unsupported):
         if unsupported:
             raise NotImplementedError(f"Runner options not supported yet: {', '.join(unsupported)}")
         if no_kv_cache:
             raise NotImplementedError("no_kv_cache=True is not supported: the paged KV cache is "
                                       "always on")
+        kind, _, value = token_source.partition(":")
         self.loaded = load_which(which, chat_template=chat_template,
                                  device=torch.device(device) if device else None,
-                                 registry=registry, progress=progress)
+                                 registry=registry, progress=progress,
+                                 token=hub_token(kind, value or None), revision=revision)
         self.tokenizer = self.loaded.tokenizer
         self.repeat_last_n = repeat_last_n
+        self.truncate_sequence = truncate_sequence
+        self.logfile = logfile
         self.engine = Engine(self.loaded, max_seqs=max_seqs,
                              kv_cache_bytes=pa_gpu_mem * 2**20 if pa_gpu_mem else None,
                              block_size=pa_blk_size or 32,
@@ -140,22 +153,38 @@ class Runner:
             raise InvalidRequestError("prompt must be a string or a list of token ids")
         return self.tokenizer.encode(prompt, add_special_tokens=True)
 
+    def _submit(self, prompt_ids: list[int], request) -> tuple[RequestHandle, list[int]]:
+        params = request.sampling_params(self.repeat_last_n)
+        room = self.engine.max_context - (params.max_tokens or 10)
+        if self.truncate_sequence and len(prompt_ids) > room > 0:
+            prompt_ids = prompt_ids[-room:]
+        return self.engine.submit(prompt_ids, params), prompt_ids
+
+    def _log(self, request, prompt_ids: list[int], response) -> None:
+        if self.logfile:
+            with open(self.logfile, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"prompt": self.tokenizer.decode(prompt_ids),
+                                    "request": {k: v for k, v in vars(request).items()
+                                                if _jsonable(v)},
+                                    "response": response.to_dict()}) + "\n")
+
     # -- requests ------------------------------------------------------------------------------
     def send_chat_completion_request(self, request: ChatCompletionRequest):
-        handle = self.engine.submit(self.chat_prompt_ids(request.messages),
-                                    request.sampling_params(self.repeat_last_n))
+        handle, prompt_ids = self._submit(self.chat_prompt_ids(request.messages), request)
         if request.stream:
             return self._chat_stream(handle, request)
         out = handle.result()
         choices = [Choice(c.finish_reason, c.index, ResponseMessage(c.text),
                           self._chat_logprobs(c.logprobs) if request.logprobs else None)
                    for c in out.choices]
-        return ChatCompletionResponse(_id("chatcmpl"), choices, int(time.time()), request.model,
-                                      SYSTEM_FINGERPRINT, "chat.completion", _usage(out))
+        response = ChatCompletionResponse(_id("chatcmpl"), choices, int(time.time()),
+                                          request.model, SYSTEM_FINGERPRINT, "chat.completion",
+                                          _usage(out))
+        self._log(request, prompt_ids, response)
+        return response
 
     def send_completion_request(self, request: CompletionRequest):
-        prompt_ids = self.completion_prompt_ids(request.prompt)
-        handle = self.engine.submit(prompt_ids, request.sampling_params(self.repeat_last_n))
+        handle, prompt_ids = self._submit(self.completion_prompt_ids(request.prompt), request)
         prefix = self.tokenizer.decode(prompt_ids) if request.echo_prompt else ""
         if request.stream:
             return self._completion_stream(handle, request, prefix)
@@ -163,8 +192,10 @@ class Runner:
         choices = [CompletionChoice(c.finish_reason, c.index, prefix + c.text,
                                     self._chat_logprobs(c.logprobs) if request.logprobs else None)
                    for c in out.choices]
-        return CompletionResponse(_id("cmpl"), choices, int(time.time()), request.model,
-                                  SYSTEM_FINGERPRINT, "text_completion", _usage(out))
+        response = CompletionResponse(_id("cmpl"), choices, int(time.time()), request.model,
+                                      SYSTEM_FINGERPRINT, "text_completion", _usage(out))
+        self._log(request, prompt_ids, response)
+        return response
 
     def _chat_stream(self, handle: RequestHandle, request) -> Iterator[ChatCompletionChunkResponse]:
         rid, created = _id("chatcmpl"), int(time.time())
@@ -221,6 +252,14 @@ def _text_message(message: dict[str, Any]) -> dict[str, Any]:
     if "role" not in message:
         raise InvalidRequestError("every message needs a role")
     return message
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+        return True
+    except TypeError:
+        return False
 
 
 def _id(prefix: str) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
@@ -69,6 +69,14 @@ class TensorInfo:
         return math.prod(self.shape)
 
 
+class _TableEntry(NamedTuple):
+    name: str
+    qtype: GGMLQuantizationType
+    shape: tuple[int, ...]
+    offset: int  # from the start of the data section, as the table states it
+    nbytes: int
+
+
 @dataclass
 class GGUFHeader:
     version: int
@@ -88,9 +96,7 @@ def parse_header(buffer, name: str) -> GGUFHeader:
     cursor.check_count(n_entries, _MIN_ENTRY_BYTES, "metadata entries")
     metadata = _read_metadata(cursor, n_entries)
     alignment = _alignment(cursor, metadata)
-    cursor.check_count(n_tensors, _MIN_TENSOR_INFO_BYTES, "tensors")
-    table = [_read_tensor_info(cursor, i) for i in range(n_tensors)]
-    _check_unique_names(cursor, table)
+    table = _read_tensor_table(cursor, n_tensors)
     data_start = -(-cursor.pos // alignment) * alignment
     tensors = _place_tensors(cursor, table, data_start, alignment)
     # Arrays of numbers were kept as views of the file until everything was checked, so that a
@@ -203,7 +209,20 @@ def _alignment(cursor: _Cursor, metadata: dict[str, Any]) -> int:
     return alignment
 
 
-def _read_tensor_info(cursor: _Cursor, index: int) -> tuple:
+def _read_tensor_table(cursor: _Cursor, count: int) -> list[_TableEntry]:
+    cursor.check_count(count, _MIN_TENSOR_INFO_BYTES, "tensors")
+    table: list[_TableEntry] = []
+    names: set[str] = set()
+    for index in range(count):
+        entry = _read_tensor_info(cursor, index)
+        if entry.name in names:
+            raise cursor.error(f"is corrupt: tensor {entry.name!r} appears twice")
+        names.add(entry.name)
+        table.append(entry)
+    return table
+
+
+def _read_tensor_info(cursor: _Cursor, index: int) -> _TableEntry:
     name = cursor.string(f"the name of tensor #{index}")
     what = f"tensor {name!r}"
     (n_dims,) = cursor.unpack(_U32, f"the dimension count of {what}")
@@ -224,19 +243,10 @@ def _read_tensor_info(cursor: _Cursor, index: int) -> tuple:
     if shape[0] % block:
         raise cursor.error(f"is corrupt: {what} has rows of {shape[0]} elements, not a whole "
                            f"number of {qtype.name} blocks of {block}")
-    return name, qtype, shape, offset, math.prod(shape) // block * type_size
+    return _TableEntry(name, qtype, shape, offset, math.prod(shape) // block * type_size)
 
 
-def _check_unique_names(cursor: _Cursor, table: list[tuple]) -> None:
-    if len({entry[0] for entry in table}) < len(table):
-        seen: set[str] = set()
-        for name, *_ in table:
-            if name in seen:
-                raise cursor.error(f"is corrupt: tensor {name!r} appears twice")
-            seen.add(name)
-
-
-def _place_tensors(cursor: _Cursor, table: list[tuple], data_start: int,
+def _place_tensors(cursor: _Cursor, table: list[_TableEntry], data_start: int,
                    alignment: int) -> list[TensorInfo]:
     """Check each tensor's data lies in the file, right after the previous one (aligned)."""
     tensors = []

@@ -88,12 +88,13 @@ def _build(arch: Architecture, config: Any, tensors, n_tensors: int, fmt: str,
 def load_plain(model_id: str, arch: str | None = None, dtype: torch.dtype | None = None,
                tokenizer_json: str | None = None, chat_template: str | None = None,
                revision: str | None = None, device: torch.device | None = None,
-               registry: PluginRegistry | None = None, progress: bool = True) -> LoadedModel:
+               registry: PluginRegistry | None = None, progress: bool = True,
+               token: str | bool | None = None) -> LoadedModel:
     """A Hugging Face model directory (or hub id) with config.json and safetensors weights."""
     registry = registry or default_registry()
     device = device or default_device()
     dtype = dtype or auto_dtype(device)
-    model_dir = hub.resolve_dir(model_id, revision, allow_patterns=_HF_FILES)
+    model_dir = hub.resolve_dir(model_id, revision, allow_patterns=_HF_FILES, token=token)
     config_path = model_dir / "config.json"
     if not config_path.is_file():
         raise ModelNotFoundError(f"{model_dir} has no config.json; is it a Hugging Face model "
@@ -120,7 +121,8 @@ def load_gguf(quantized_model_id: str, quantized_filename: str | list[str],
               tok_model_id: str | None = None, arch: str | None = None,
               dtype: torch.dtype | None = None, chat_template: str | None = None,
               revision: str | None = None, device: torch.device | None = None,
-              registry: PluginRegistry | None = None, progress: bool = True) -> LoadedModel:
+              registry: PluginRegistry | None = None, progress: bool = True,
+              token: str | bool | None = None) -> LoadedModel:
     """A GGUF file (or the parts of a split one). The tokenizer and chat template come from the
     file's metadata, or from `tok_model_id` (a Hugging Face repo or directory) when given."""
     registry = registry or default_registry()
@@ -129,7 +131,7 @@ def load_gguf(quantized_model_id: str, quantized_filename: str | list[str],
     filenames = [quantized_filename] if isinstance(quantized_filename, str) else list(quantized_filename)
     if not filenames:
         raise ModelNotFoundError("quantized_filename is empty: name the .gguf file(s) to load")
-    paths = [hub.resolve_file(quantized_model_id, name, revision) for name in filenames]
+    paths = [hub.resolve_file(quantized_model_id, name, revision, token) for name in filenames]
     gguf = GGUFFile.open(paths)
     view = gguf_config_view(gguf.metadata)
     architecture = _resolve_architecture(registry, arch,
@@ -138,7 +140,7 @@ def load_gguf(quantized_model_id: str, quantized_filename: str | list[str],
     model = _build(architecture, config, gguf.tensors(), len(gguf.tensor_names()), "gguf",
                    dtype, device, progress)
     if tok_model_id:
-        tok_dir = hub.resolve_dir(tok_model_id, revision, allow_patterns=_HF_FILES)
+        tok_dir = hub.resolve_dir(tok_model_id, revision, allow_patterns=_HF_FILES, token=token)
         tokenizer = Tokenizer.from_hf_files(tok_dir / "tokenizer.json",
                                             tok_dir / "tokenizer_config.json", tok_dir)
     else:
