@@ -192,6 +192,31 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from mistralrs.bench import run_benchmark
+
+    args.max_seqs = max(args.max_seqs, max(args.concurrency))
+    runner = _runner(args)
+    try:
+        results = [run_benchmark(runner.engine, args.prompt_len, args.gen_len, c)
+                   for c in args.concurrency]
+    finally:
+        runner.shutdown()
+    print(f"model: {runner.loaded.name}  prompt {args.prompt_len} tokens, "
+          f"{args.gen_len} generated")
+    print(f"{'concurrency':>11} {'prefill tok/s':>14} {'TTFT ms (p50)':>14} "
+          f"{'decode tok/s/stream':>20} {'decode tok/s total':>19}")
+    for r in results:
+        print(f"{r.concurrency:>11} {r.prefill_tok_per_sec:>14.1f} {r.ttft_ms_p50:>14.1f} "
+              f"{r.decode_tok_per_sec_per_stream:>20.2f} {r.decode_tok_per_sec_aggregate:>19.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([r.to_dict() for r in results], f, indent=2)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mistralrs", description="LLM inference on Triton kernels")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -210,6 +235,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(serve)
     _add_serve_arguments(serve)
     serve.set_defaults(func=cmd_serve)
+
+    bench = commands.add_parser("bench", help="measure prefill and decode throughput")
+    _add_model_arguments(bench)
+    bench.add_argument("--prompt-len", type=int, default=128)
+    bench.add_argument("--gen-len", type=int, default=128)
+    bench.add_argument("--concurrency", type=int, nargs="+", default=[1],
+                       help="one or more numbers of concurrent requests")
+    bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    bench.set_defaults(func=cmd_bench)
 
     plugins = commands.add_parser("plugins", help="list installed architecture plugins")
     plugins.set_defaults(func=cmd_plugins)

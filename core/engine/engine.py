@@ -261,7 +261,8 @@ class Engine:
             handle.first_token = time.perf_counter()
         seq.append(token)
         reason = None
-        if token in self.loaded.eos_token_ids or token in params.stop_token_ids:
+        if ((token in self.loaded.eos_token_ids and not params.ignore_eos)
+                or token in params.stop_token_ids):
             text, reason = choice.stops.flush(), "stop"
         else:
             text, hit = choice.stops.add(choice.detokenizer.push(token))

@@ -31,6 +31,8 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     logprobs: bool = False
     top_logprobs: int = 0
+    ignore_eos: bool = False
+    """Keep generating past end-of-sequence tokens (benchmarks)."""
 
     def validate(self, vocab_size: int) -> None:
         def bad(field_name: str, why: str):

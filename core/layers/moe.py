@@ -92,15 +92,15 @@ class ExpertLinear(nn.Module):
         parts, self._arrived = sorted(self._arrived, key=lambda part: part.first), []
         qtypes = {getattr(part.tensor, "qtype", None) for part in parts}
         if len(qtypes) == 1 and None not in qtypes:
-            packed = torch.cat([part.tensor.packed for part in parts])
+            packed = _concat([part.tensor.packed for part in parts])
             self.qweight = packed.reshape(self.num_experts, self.out_features, -1)
             self.qtype = qtypes.pop()
             self.weight = None
             return
         floats = [dequantize(part.tensor.packed, part.tensor.qtype)
                   if isinstance(part.tensor, QuantizedTensor) else part.tensor for part in parts]
-        stacked = torch.cat([t.to(dtype).reshape(-1, self.out_features, self.in_features)
-                             for t in floats])
+        stacked = _concat([t.to(dtype).reshape(-1, self.out_features, self.in_features)
+                           for t in floats])
         self.weight = nn.Parameter(stacked, requires_grad=False)
 
     @property
@@ -116,6 +116,11 @@ class ExpertLinear(nn.Module):
         kind = f"qtype={self.qtype}" if self.qweight is not None else "float"
         return (f"experts={self.num_experts}, in={self.in_features}, out={self.out_features}, "
                 f"{kind}")
+
+
+def _concat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """torch.cat, but a single tensor (all experts in one GGUF tensor) stays the file's view."""
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
 
 
 class Experts(nn.Module):
