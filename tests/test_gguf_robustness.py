@@ -76,6 +76,12 @@ class Layout:
     tensors: list[TensorEntry]
     data_offset: int
 
+    def entry(self, key: str) -> Entry:
+        return next(e for e in self.entries if e.key == key)
+
+    def tensor(self, name: str) -> TensorEntry:
+        return next(t for t in self.tensors if t.name == name)
+
 
 def layout_of(path: Path) -> Layout:
     reader = GGUFReader(path)
@@ -116,8 +122,8 @@ def mutants(data: bytes, layout: Layout, seed: int = 0) -> list[Mutant]:
     def edit(kind: str, label: str, at: int, fmt: str, value: int) -> None:
         cases.append(Mutant(kind, label, put(data, at, fmt, value)))
 
-    cuts = [*range(33), *rng.sample(range(33, header), 60), *rng.sample(range(header, len(data)), 15),
-            len(data) - 1]
+    cuts = [*range(33), *rng.sample(range(33, header), 60),
+            *rng.sample(range(header, len(data)), 15), len(data) - 1]
     cases += [Mutant("truncation", f"truncated at {n}", data[:n]) for n in cuts]
     for at in rng.sample(range(header), 120):
         bit = rng.randrange(8)
@@ -229,12 +235,18 @@ def test_mutated_files_load_or_raise_model_format_error(tiny, tmp_path):
 
 
 def test_mutated_files_fail_cleanly_through_load_gguf(tiny, tmp_path):
-    """The whole loading path, for the mutants that keep the metadata (so the config and the
-    tokenizer) intact: truncations and tensor table edits, one in three."""
+    """The whole loading path, for the mutants that keep the metadata intact (the config's
+    values are the architecture's config parser's to check): truncations, tensor table edits
+    and bit flips in the tensor table."""
     data = tiny.read_bytes()
     layout = layout_of(tiny)
+    table_start = layout.tensors[0].n_dims_at - 8 - len(layout.tensors[0].name)
+    rng = random.Random(2)
     cases = [case for case in mutants(data, layout, seed=1)
-             if case.kind in ("truncation", "tensor table")][::3]
+             if case.kind in ("truncation", "tensor table")]
+    for at in rng.sample(range(table_start, layout.data_offset), 100):
+        cases.append(Mutant("bit flip", f"byte {at} ^ 0x10",
+                            data[:at] + bytes([data[at] ^ 0x10]) + data[at + 1:]))
     escaped, loaded = [], 0
     for i, case in enumerate(cases):
         name = f"mutant{i}.gguf"
@@ -247,20 +259,12 @@ def test_mutated_files_fail_cleanly_through_load_gguf(tiny, tmp_path):
             pass
         except Exception as e:
             escaped.append(f"{case.label}: {type(e).__name__}: {e}")
+        (tmp_path / name).unlink()
     assert not escaped, "\n".join(escaped)
     assert loaded > 0
 
 
 # --- specific failures, specific messages --------------------------------------------------------
-
-def set_tensor_type(layout: Layout, name: str, qtype: int):
-    return lambda data: put(data, next(t for t in layout.tensors if t.name == name).type_at, U32, qtype)
-
-
-def set_entry_length(layout: Layout, key: str, value: int):
-    entry = next(e for e in layout.entries if e.key == key)
-    return lambda data: put(data, entry.value_at + 4, U64, value)
-
 
 def written_by_gguf_py(build) -> bytes:
     """A file gguf-py's writer makes after `build(writer)` adds something wrong to it."""
@@ -275,50 +279,69 @@ def written_by_gguf_py(build) -> bytes:
         return path.read_bytes()
 
 
+def q8_1_tensor(writer: GGUFWriter) -> None:
+    writer.add_tensor("x", np.zeros((2, 40), np.uint8), raw_dtype=GGMLQuantizationType.Q8_1)
+
+
+# case: (mutate(data, layout) -> bytes, the error message it must give)
 CASES = {
-    "empty file": (lambda data, layout: b"", r"is empty"),
-    "bad magic": (lambda data, layout: b"GGML" + data[4:], r"is not a GGUF file: it starts with b'GGML'"),
-    "version 1": (lambda data, layout: put(data, 4, U32, 1), r"GGUF version 1; only versions 2, 3"),
-    "big-endian": (lambda data, layout: put(data, 4, U32, 3 << 24), r"big-endian"),
-    "truncated header": (lambda data, layout: data[:20], r"truncated .* the GGUF header at byte 0 needs 24 bytes"),
-    "truncated metadata": (lambda data, layout: data[:1000],
-                           r"truncated or corrupt: it claims 259 strings in metadata 'tokenizer.ggml.tokens', more than the 440 bytes after byte 560"),
-    "huge tensor count": (lambda data, layout: put(data, 8, U64, 2**62),
+    "empty file": (lambda data, at: b"", r"is empty"),
+    "bad magic": (lambda data, at: b"GGML" + data[4:],
+                  r"is not a GGUF file: it starts with b'GGML'"),
+    "version 1": (lambda data, at: put(data, 4, U32, 1), r"GGUF version 1; only versions 2, 3"),
+    "big-endian": (lambda data, at: put(data, 4, U32, 3 << 24), r"big-endian"),
+    "truncated header": (lambda data, at: data[:20],
+                         r"truncated .* the GGUF header at byte 0 needs 24 bytes"),
+    "truncated metadata": (lambda data, at: data[:1000],
+                           r"truncated or corrupt: it claims 259 strings in metadata "
+                           r"'tokenizer.ggml.tokens', more than the 440 bytes after byte 560"),
+    "huge tensor count": (lambda data, at: put(data, 8, U64, 2**62),
                           r"claims 4611686018427387904 tensors, more than the \d+ bytes"),
-    "huge metadata count": (lambda data, layout: put(data, 16, U64, 10**9),
+    "huge metadata count": (lambda data, at: put(data, 16, U64, 10**9),
                             r"claims 1000000000 metadata entries"),
-    "huge array": (lambda data, layout: set_entry_length(layout, "tokenizer.ggml.token_type", 2**40)(data),
+    "huge array": (lambda data, at: put(data, at.entry("tokenizer.ggml.token_type").value_at + 4,
+                                        U64, 2**40),
                    r"claims 1099511627776 elements in metadata 'tokenizer.ggml.token_type'"),
-    "array of arrays": (lambda data, layout: put(data, next(e for e in layout.entries if e.key == "tokenizer.ggml.merges").value_at, U32, 9),
+    "array of arrays": (lambda data, at: put(data, at.entry("tokenizer.ggml.merges").value_at,
+                                             U32, GGUFValueType.ARRAY),
                         r"array of arrays in metadata 'tokenizer.ggml.merges'"),
-    "unknown value type": (lambda data, layout: put(data, layout.entries[1].type_at, U32, 13),
+    "unknown value type": (lambda data, at: put(data, at.entry("llama.block_count").type_at,
+                                                U32, 13),
                            r"metadata 'llama.block_count' has unknown value type 13"),
-    "unknown tensor type": (lambda data, layout: set_tensor_type(layout, "output.weight", 99)(data),
+    "unknown tensor type": (lambda data, at: put(data, at.tensor("output.weight").type_at, U32, 99),
                             r"tensor 'output.weight' has unknown tensor type 99"),
-    "unsupported tensor type": (lambda data, layout: written_by_gguf_py(
-                                    lambda w: w.add_tensor("x", np.zeros((2, 40), np.uint8),
-                                                           raw_dtype=GGMLQuantizationType.Q8_1)),
+    "unsupported tensor type": (lambda data, at: written_by_gguf_py(q8_1_tensor),
                                 r"tensor 'x' has type Q8_1, which mistralrs cannot load"),
-    "too many dimensions": (lambda data, layout: put(data, layout.tensors[3].n_dims_at, U32, 7),
+    "too many dimensions": (lambda data, at: put(data, at.tensors[3].n_dims_at, U32, 7),
                             r"tensor 'blk.0.attn_v.weight' has 7 dimensions"),
-    "empty dimension": (lambda data, layout: put(data, layout.tensors[0].dims_at + 8, U64, 0),
+    "empty dimension": (lambda data, at: put(data, at.tensors[0].dims_at + 8, U64, 0),
                         r"tensor 'token_embd.weight' has shape \[64, 0\]"),
-    "partial block": (lambda data, layout: put(data, layout.tensors[0].dims_at, U64, 48),
+    "partial block": (lambda data, at: put(data, at.tensors[0].dims_at, U64, 48),
                       r"rows of 48 elements, not a whole number of Q8_0 blocks of 32"),
-    "tensor data past the end": (lambda data, layout: data[:-100],
-                                 r"tensor 'output.weight' \(Q8_0, shape \[64, 288\]\) needs bytes .* past the end of the file"),
-    "offset past the end": (lambda data, layout: put(data, layout.tensors[2].offset_at, U64, 2**64 - 1),
+    "tensor data past the end": (lambda data, at: data[:-100],
+                                 r"tensor 'output.weight' \(Q8_0, shape \[64, 288\]\) needs "
+                                 r"bytes .* past the end of the file"),
+    "offset past the end": (lambda data, at: put(data, at.tensors[2].offset_at, U64, 2**64 - 1),
                             r"tensor 'blk.0.attn_k.weight' .* past the end of the file"),
-    "misaligned offset": (lambda data, layout: put(data, layout.tensors[2].offset_at, U64, layout.tensors[2].offset + 1),
-                          r"tensor 'blk.0.attn_k.weight' starts at data offset \d+, but the tensors before it end at"),
-    "overlapping tensors": (lambda data, layout: put(data, layout.tensors[2].offset_at, U64, layout.tensors[1].offset),
+    "misaligned offset": (lambda data, at: put(data, at.tensors[2].offset_at, U64,
+                                               at.tensors[2].offset + 1),
+                          r"tensor 'blk.0.attn_k.weight' starts at data offset \d+, but the "
+                          r"tensors before it end at"),
+    "overlapping tensors": (lambda data, at: put(data, at.tensors[2].offset_at, U64,
+                                                 at.tensors[1].offset),
                             r"tensor 'blk.0.attn_k.weight' starts at data offset"),
-    "size does not match type": (lambda data, layout: set_tensor_type(layout, "blk.0.attn_q.weight", 2)(data),
-                                 r"tensor 'blk.0.attn_k.weight' starts at data offset .* type or shape of a tensor before it"),
-    "duplicate key": (lambda data, layout: data.replace(b"llama.context_length", b"tokenizer.ggml.model"),
+    "size does not match type": (lambda data, at: put(data, at.tensors[1].type_at, U32,
+                                                      GGMLQuantizationType.Q4_0),
+                                 r"tensor 'blk.0.attn_k.weight' starts at data offset .* the "
+                                 r"type or shape of a tensor before it"),
+    "duplicate tensor": (lambda data, at: data.replace(b"blk.1.attn_q.weight",
+                                                       b"blk.0.attn_q.weight"),
+                         r"tensor 'blk.0.attn_q.weight' appears twice"),
+    "duplicate key": (lambda data, at: data.replace(b"llama.context_length",
+                                                    b"tokenizer.ggml.model"),
                       r"metadata key 'tokenizer.ggml.model' appears twice"),
-    "bad alignment": (lambda data, layout: written_by_gguf_py(
-                          lambda w: w.add_uint32("general.alignment", 48)),
+    "bad alignment": (lambda data, at: written_by_gguf_py(
+                          lambda writer: writer.add_uint32("general.alignment", 48)),
                       r"general.alignment = 48 is not a power of two"),
 }
 
@@ -381,13 +404,19 @@ def test_split_model_gives_the_same_logits_as_one_file(tiny, tmp_path):
 
 
 def test_split_parts_that_do_not_make_one_model(tiny, tmp_path):
-    two = write_split(tiny, tmp_path / "two.gguf", max_tensors=12)
+    two = write_split(tiny, tmp_path / "two.gguf", max_tensors=12)  # 12 + 9 tensors
+    two_other = write_split(tiny, tmp_path / "other.gguf", max_tensors=11)  # 11 + 10
     three = write_split(tiny, tmp_path / "three.gguf", max_tensors=8)
     cases = {
-        "missing part": ([two[0]], r"one of 2 parts .* but part 2 \(two-00002-of-00002.gguf\) is not given"),
-        "parts of two splits": ([two[0], three[1]], r"is one of 2 parts, but .*three-00002-of-00003.gguf is one of 3"),
+        "missing part": ([two[0]], r"one of 2 parts .* but part 2 \(two-00002-of-00002.gguf\) "
+                                   r"is not given"),
+        "parts of two splits": ([two[0], three[1]], r"is one of 2 parts, but "
+                                                    r".*three-00002-of-00003.gguf is one of 3"),
+        "parts of two splits in as many parts": ([two[0], two_other[1]], r"says the split model "
+                                                 r"has 21 tensors, but its 2 parts hold 22"),
         "part given twice": ([three[0], three[0], three[2]], r"are both part 1 of 3"),
-        "a whole model among parts": ([two[0], "whole.gguf"], r"whole.gguf is a whole GGUF model, but .* is one part"),
+        "a whole model among parts": ([two[0], "whole.gguf"], r"whole.gguf is a whole GGUF "
+                                                              r"model, but .* is one part"),
     }
     (tmp_path / "whole.gguf").write_bytes(tiny.read_bytes())
     for case, (names, message) in cases.items():

@@ -6,12 +6,13 @@ where) instead of hanging, allocating gigabytes or raising something obscure. Th
 those of llama.cpp's `gguf_init_from_file`: versions 2 and 3, no empty or repeated keys, no
 arrays of arrays, a power-of-two `general.alignment` of type uint32, at most 4 dimensions, rows
 made of whole blocks, and tensor data laid out back to back in table order, each tensor
-aligned. Unlike llama.cpp, dimensions must be positive: a tensor without elements holds
-nothing a model could use.
+aligned. Stricter than llama.cpp, a tensor needs at least one dimension and no empty one: a
+tensor without elements holds nothing a model could use.
 
 gguf-py's `GGUFReader` (the test oracle) trusts the counts it reads, looping over a claimed
 array length even past the end of the file, and builds one numpy view per array element, which
-also makes it take seconds on a real vocabulary; this parser takes tens of milliseconds.
+also makes it take seconds on a real vocabulary (4 s for SmolLM2's 49k tokens, where this
+parser takes 0.1 s).
 """
 from __future__ import annotations
 
@@ -49,10 +50,11 @@ _SCALARS: dict[int, tuple[struct.Struct, np.dtype]] = {
     ]
 }
 # The fewest bytes a metadata entry can take (key length, a one-byte key, value type, a one-byte
-# value) and a tensor table entry (name length, empty name, dimension count, type, offset): a
-# count that cannot fit in the rest of the file is rejected before anything is read.
+# value) and a tensor table entry (name length, empty name, dimension count, one dimension,
+# type, offset): a count that cannot fit in the rest of the file is rejected before anything is
+# read.
 _MIN_ENTRY_BYTES = 8 + 1 + 4 + 1
-_MIN_TENSOR_INFO_BYTES = 8 + 4 + 4 + 8
+_MIN_TENSOR_INFO_BYTES = 8 + 4 + 8 + 4 + 8
 _MIN_STRING_BYTES = 8
 
 

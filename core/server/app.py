@@ -11,13 +11,19 @@ from fastapi.responses import PlainTextResponse, Response
 from fastapi_offline import FastAPIOffline
 
 import mistralrs
-from mistralrs.api.responses import ChatCompletionResponse, CompletionResponse
+from mistralrs.api.responses import (
+    ChatCompletionChunkResponse,
+    ChatCompletionResponse,
+    CompletionChunkResponse,
+    CompletionResponse,
+)
 from mistralrs.api.runner import Runner
 from mistralrs.server.auth import bearer_auth
 from mistralrs.server.config import ServerConfig
 from mistralrs.server.errors import APIError, install_error_handlers
 from mistralrs.server.limits import Admission, BodySizeLimit
 from mistralrs.server.metrics import CONTENT_TYPE, RequestMetrics, ServerMetrics
+from mistralrs.server.openapi import document_stream_chunks, streamed_response
 from mistralrs.server.schemas import (
     ChatCompletionBody,
     CompletionBody,
@@ -37,11 +43,6 @@ _GENERATION_ERRORS: dict[int | str, dict[str, Any]] = {
 _AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "missing or wrong API key"},
 }
-
-
-def _streamed(description: str) -> dict[int | str, dict[str, Any]]:
-    return {200: {"description": description,
-                  "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
 
 
 def create_app(runner: Runner, config: ServerConfig) -> FastAPI:
@@ -105,15 +106,17 @@ def create_app(runner: Runner, config: ServerConfig) -> FastAPI:
     v1 = APIRouter(prefix="/v1", dependencies=auth, responses=_AUTH_ERRORS if auth else {})
 
     @v1.post("/chat/completions", response_model=ChatCompletionResponse,
-             responses={**_streamed("a chat.completion, or with `stream` server-sent "
-                                    "chat.completion.chunk events ending with `data: [DONE]`"),
+             responses={**streamed_response("a chat.completion, or with `stream` server-sent "
+                                            "events ending with `data: [DONE]`",
+                                            ChatCompletionChunkResponse),
                         **_GENERATION_ERRORS})
     async def chat_completions(body: ChatCompletionBody):
         return await generate(body, runner.send_chat_completion_request)
 
     @v1.post("/completions", response_model=CompletionResponse,
-             responses={**_streamed("a text_completion, or with `stream` server-sent "
-                                    "text_completion events ending with `data: [DONE]`"),
+             responses={**streamed_response("a text_completion, or with `stream` server-sent "
+                                            "events ending with `data: [DONE]`",
+                                            CompletionChunkResponse),
                         **_GENERATION_ERRORS})
     async def completions(body: CompletionBody):
         return await generate(body, runner.send_completion_request)
@@ -123,6 +126,7 @@ def create_app(runner: Runner, config: ServerConfig) -> FastAPI:
         return ModelList(data=[ModelCard(id=config.model_name, created=created)])
 
     app.include_router(v1)
+    document_stream_chunks(app, [ChatCompletionChunkResponse, CompletionChunkResponse])
 
     @app.get("/health", response_class=PlainTextResponse, summary="Health")
     @app.get("/", response_class=PlainTextResponse, summary="Health", operation_id="root_health")

@@ -43,8 +43,11 @@ def routed(tokens: int, seed: int = 1, dtype: torch.dtype = torch.float32):
     return x, weights, ids
 
 
-@pytest.mark.parametrize("tokens", [1, T])
-@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("tokens, activation", [
+    *((T, activation) for activation in ACTIVATIONS),
+    (1, "silu"),   # a decode step
+    (40, "silu"),  # 32-row blocks, an expert over two blocks
+])
 def test_triton_matches_reference(tokens, activation):
     x, weights, ids = routed(tokens)
     w = experts()
