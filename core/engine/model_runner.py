@@ -18,8 +18,20 @@ def attention_layers(model: nn.Module) -> list[Attention]:
 
 def kv_bytes_per_block(model: nn.Module, block_size: int, dtype: torch.dtype) -> int:
     element = torch.empty((), dtype=dtype).element_size()
-    return sum(block_size * a.num_kv_heads * (a.head_dim + a.v_head_dim) * element
+    return sum(block_size * a.num_kv_heads * element
+               * (a.head_dim + (0 if a.values_in_keys else a.v_head_dim))
                for a in attention_layers(model))
+
+
+def _layer_caches(a: Attention, num_blocks: int, block_size: int, dtype: torch.dtype,
+                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One layer's key and value caches; the values a view into the keys for `values_in_keys`."""
+    k_cache = torch.zeros(num_blocks, block_size, a.num_kv_heads, a.head_dim, dtype=dtype,
+                          device=device)
+    if a.values_in_keys:
+        return k_cache, k_cache[..., :a.v_head_dim]
+    return k_cache, torch.zeros(num_blocks, block_size, a.num_kv_heads, a.v_head_dim,
+                                dtype=dtype, device=device)
 
 
 class ModelRunner:
@@ -30,11 +42,8 @@ class ModelRunner:
         self.model = model
         self.block_size = block_size
         self.device = device
-        self.kv_caches = [
-            (torch.zeros(num_blocks, block_size, a.num_kv_heads, a.head_dim, dtype=dtype, device=device),
-             torch.zeros(num_blocks, block_size, a.num_kv_heads, a.v_head_dim, dtype=dtype, device=device))
-            for a in attention_layers(model)
-        ]
+        self.kv_caches = [_layer_caches(a, num_blocks, block_size, dtype, device)
+                          for a in attention_layers(model)]
 
     def _batch(self, scheduled: list[ScheduledSequence], all_logits: bool) -> Batch:
         input_ids, positions, slots, cu, context_lens, logits_rows = [], [], [], [0], [], []

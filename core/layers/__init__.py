@@ -6,7 +6,7 @@ from mistralrs.layers.decoder_layer import PreNormDecoderLayer
 from mistralrs.layers.embedding import Embedding
 from mistralrs.layers.linear import QuantLinear
 from mistralrs.layers.mlp import MLP, GatedMLP, activation
-from mistralrs.layers.moe import SparseMoE, expert_slice, softmax_topk
+from mistralrs.layers.moe import SparseMoE, expert_slice, softmax_topk, sparsemixer
 from mistralrs.layers.norm import LayerNorm, RMSNorm
 from mistralrs.layers.rotary import RotaryEmbedding, rope_parameters_from_hf
 from mistralrs.layers.self_attention import SelfAttention
@@ -30,4 +30,5 @@ __all__ = [
     "expert_slice",
     "rope_parameters_from_hf",
     "softmax_topk",
+    "sparsemixer",
 ]

@@ -40,6 +40,91 @@ def softmax_topk(router_logits: torch.Tensor, top_k: int,
     return weights, ids
 
 
+def sparsemixer(router_logits: torch.Tensor, top_k: int,
+                jitter_eps: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    """Phi-3.5-MoE's routing (SparseMixer, inference form), in fp32. Experts are picked one at a
+    time, best remaining logit first; each one's weight is its softmax probability among the
+    experts still in the race whose logit is within a relative 2 * `jitter_eps` of its own."""
+    scores = router_logits.float()
+    remaining = scores
+    weights, ids = [], []
+    for _ in range(top_k):
+        best, best_id = remaining.max(dim=-1, keepdim=True)
+        too_far = (best - scores) / scores.abs().clamp(min=best) > 2 * jitter_eps
+        probs = F.softmax(remaining.masked_fill(too_far, float("-inf")), dim=-1)
+        weights.append(probs.gather(-1, best_id))
+        ids.append(best_id)
+        remaining = remaining.scatter(-1, best_id, float("-inf"))
+    return torch.cat(weights, dim=-1), torch.cat(ids, dim=-1)
+
+
+def grouped_softmax_topk(router_logits: torch.Tensor, top_k: int, num_groups: int = 1,
+                         topk_groups: int = 1, renormalize: bool = False,
+                         scaling_factor: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """DeepSeek-V2's routing: softmax over all experts (in fp32); with `num_groups` > 1
+    ("group_limited_greedy") only the experts of the `topk_groups` groups holding the best
+    scores compete for the top_k. Weights: the top_k probabilities, rescaled to sum to 1 if
+    `renormalize`, times `scaling_factor`."""
+    scores = F.softmax(router_logits.float(), dim=-1)
+    ids = _topk_in_best_groups(scores, top_k, num_groups, topk_groups, group_best=1)
+    return _routing_weights(scores, ids, renormalize, scaling_factor), ids
+
+
+def grouped_sigmoid_topk(router_logits: torch.Tensor, top_k: int,
+                         correction_bias: torch.Tensor | None = None, num_groups: int = 1,
+                         topk_groups: int = 1, renormalize: bool = True,
+                         scaling_factor: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """DeepSeek-V3's routing ("noaux_tc"): sigmoid scores (in fp32); experts are chosen by score
+    + `correction_bias` (its load-balancing bias), among the `topk_groups` groups whose two best
+    biased scores sum highest. Weights: the chosen experts' unbiased scores, rescaled to sum to
+    1 if `renormalize`, times `scaling_factor`."""
+    scores = torch.sigmoid(router_logits.float())
+    choice = scores if correction_bias is None else scores + correction_bias.float()
+    ids = _topk_in_best_groups(choice, top_k, num_groups, topk_groups, group_best=2)
+    return _routing_weights(scores, ids, renormalize, scaling_factor), ids
+
+
+def _topk_in_best_groups(scores: torch.Tensor, top_k: int, num_groups: int, topk_groups: int,
+                         group_best: int) -> torch.Tensor:
+    """Ids of the top_k scores [T, E] among the experts of the `topk_groups` groups (runs of
+    E / num_groups consecutive experts) whose `group_best` best scores sum highest."""
+    if num_groups > 1:
+        grouped = scores.view(scores.shape[0], num_groups, -1)
+        group_scores = grouped.topk(min(group_best, grouped.shape[-1]), dim=-1).values.sum(-1)
+        best_groups = group_scores.topk(topk_groups, dim=-1).indices
+        keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, best_groups, True)
+        scores = grouped.masked_fill(~keep[..., None], float("-inf")).view_as(scores)
+    return scores.topk(top_k, dim=-1).indices
+
+
+def _routing_weights(scores: torch.Tensor, ids: torch.Tensor, renormalize: bool,
+                     scaling_factor: float) -> torch.Tensor:
+    weights = scores.gather(1, ids)
+    if renormalize:
+        weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+    return weights * scaling_factor
+
+
+class BiasedSigmoidRouting(nn.Module):
+    """`grouped_sigmoid_topk` as a `SparseMoE` routing that owns its `e_score_correction_bias`
+    [E], a checkpoint weight. The bias stays fp32 whatever the model's dtype: it only decides
+    which experts run, and bf16 would blur those decisions."""
+
+    def __init__(self, num_experts: int, num_groups: int = 1, topk_groups: int = 1,
+                 renormalize: bool = True, scaling_factor: float = 1.0):
+        super().__init__()
+        self.e_score_correction_bias = nn.Parameter(torch.empty(num_experts), requires_grad=False)
+        self.options = dict(num_groups=num_groups, topk_groups=topk_groups,
+                            renormalize=renormalize, scaling_factor=scaling_factor)
+
+    def load_checkpoint_tensor(self, leaf: str, value: torch.Tensor, dtype: torch.dtype) -> None:
+        setattr(self, leaf, nn.Parameter(value.float(), requires_grad=False))
+
+    def forward(self, router_logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return grouped_sigmoid_topk(router_logits, top_k, self.e_score_correction_bias,
+                                    **self.options)
+
+
 @dataclass(frozen=True)
 class ExpertSlice:
     """Checkpoint weights of the experts first .. first + count - 1 of a stacked

@@ -91,3 +91,34 @@ def decoder_dims(raw: dict[str, Any], fmt: str, default_head_dim: int | None = N
         head_dim=raw.get("head_dim") or default_head_dim or hidden // heads,
         max_position_embeddings=raw.get("max_position_embeddings", default_context),
     )
+
+
+# Generous upper bounds: far above any published model, low enough that a corrupt config
+# cannot make the loader build billions of modules or allocate absurd tensors.
+_SIZE_LIMITS = {
+    "vocab_size": 1 << 24,
+    "hidden_size": 1 << 17,
+    "intermediate_size": 1 << 20,
+    "num_hidden_layers": 1024,
+    "num_attention_heads": 1024,
+    "num_key_value_heads": 1024,
+    "head_dim": 4096,
+    "max_position_embeddings": 1 << 24,
+}
+
+
+def validate_sizes(config: Any) -> None:
+    """Reject a parsed config whose standard sizes are not positive integers within sane
+    bounds, or whose query heads cannot share the key/value heads evenly."""
+    for name, limit in _SIZE_LIMITS.items():
+        value = getattr(config, name, None)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= limit:
+            raise ModelFormatError(f"model config {name}={value!r} is not a plausible size "
+                                   f"(a positive integer up to {limit}); the file is corrupt")
+    heads = getattr(config, "num_attention_heads", None)
+    kv_heads = getattr(config, "num_key_value_heads", None)
+    if heads and kv_heads and heads % kv_heads:
+        raise ModelFormatError(f"model config has {heads} attention heads, which cannot share "
+                               f"{kv_heads} key/value heads evenly; the file is corrupt")

@@ -4,10 +4,12 @@ llama naming. Plugins add their own entries for tensors outside this table."""
 from __future__ import annotations
 
 import re
+from typing import Callable
 
 import torch
 
 from mistralrs.kernels.gguf.packed import QuantizedTensor
+from mistralrs.plugins.architecture import MappedTensor, TensorTransform, WeightMapper
 
 _GLOBAL = {
     "token_embd": "model.embed_tokens",
@@ -49,6 +51,27 @@ def llama_style_name(gguf_name: str, per_layer: dict[str, str] | None = None) ->
         if stem in _GLOBAL:
             return f"{_GLOBAL[stem]}.{suffix}"
     return None
+
+
+def llama_style_mapper(per_layer: dict[str, str] | None = None,
+                       transform_for: Callable[[str], TensorTransform | None] = lambda stem: None
+                       ) -> WeightMapper:
+    """A GGUF weight mapper for llama-named files: `llama_style_name` for the destination, and
+    `transform_for(stem)` (the name's part before `.weight`, e.g. `attn_q`) for the transform."""
+
+    def map_gguf(name: str) -> list[MappedTensor]:
+        target = llama_style_name(name, per_layer)
+        if target is None:
+            return []
+        return [MappedTensor(target, transform_for(name.split(".")[-2]))]
+
+    return map_gguf
+
+
+def rotary_unpermutes(num_heads: int, num_kv_heads: int) -> dict[str, TensorTransform]:
+    """The q/k transforms for files whose converter permuted rotary rows (the llama family)."""
+    return {"attn_q": unpermute_rotary_rows(num_heads),
+            "attn_k": unpermute_rotary_rows(num_kv_heads)}
 
 
 def unpermute_rotary_rows(num_heads: int):

@@ -17,7 +17,7 @@ from mistralrs.errors import (
     TokenizerError,
 )
 from mistralrs.loading import hub
-from mistralrs.loading.config import eos_ids, gguf_config_view, read_json
+from mistralrs.loading.config import eos_ids, gguf_config_view, read_json, validate_sizes
 from mistralrs.loading.gguf_file import GGUFFile
 from mistralrs.loading.safetensors_files import (
     checkpoint_files,
@@ -75,8 +75,21 @@ def _resolve_architecture(registry: PluginRegistry, arch: str | None,
     return chosen
 
 
+def _parse_config(arch: Architecture, raw: dict[str, Any], fmt: str) -> Any:
+    """The plugin's config parser, with its failures on nonsense values turned into a
+    `ModelFormatError` (plugins parse; the core makes sure bad files fail cleanly)."""
+    try:
+        return arch.parse_config(raw, fmt)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError, OverflowError) as e:
+        if isinstance(e, ModelFormatError):
+            raise
+        raise ModelFormatError(f"the {arch.name} config cannot be read: {type(e).__name__}: "
+                               f"{e}; the file is corrupt or not a {arch.name} model") from None
+
+
 def _build(arch: Architecture, config: Any, tensors, n_tensors: int, fmt: str,
            dtype: torch.dtype, device: torch.device, progress: bool) -> nn.Module:
+    validate_sizes(config)
     with torch.device("meta"):
         model = arch.build_model(config)
     with tqdm(total=n_tensors, desc="Loading weights", unit="tensor", disable=not progress,
@@ -101,7 +114,7 @@ def load_plain(model_id: str, arch: str | None = None, dtype: torch.dtype | None
                                  "directory? (for a .gguf file use Which.GGUF)")
     raw = read_json(config_path)
     architecture = _resolve_architecture(registry, arch, lambda: registry.for_hf_config(raw))
-    config = architecture.parse_config(raw, "hf")
+    config = _parse_config(architecture, raw, "hf")
     handles = open_checkpoint(checkpoint_files(model_dir))
     model = _build(architecture, config, iter_tensors(handles), count_tensors(handles), "hf",
                    dtype, device, progress)
@@ -136,7 +149,7 @@ def load_gguf(quantized_model_id: str, quantized_filename: str | list[str],
     view = gguf_config_view(gguf.metadata)
     architecture = _resolve_architecture(registry, arch,
                                          lambda: registry.for_gguf(gguf.architecture, view))
-    config = architecture.parse_config(view, "gguf")
+    config = _parse_config(architecture, view, "gguf")
     model = _build(architecture, config, gguf.tensors(), len(gguf.tensor_names()), "gguf",
                    dtype, device, progress)
     if tok_model_id:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from mistralrs.loading.gguf_names import llama_style_name
+from mistralrs.loading.gguf_names import llama_style_mapper
 from mistralrs.plugins import Architecture, MappedTensor, hookimpl
 from mistralrs_arch_gemma.config import GemmaConfig, parse_gemma, parse_gemma2, parse_gemma3
 from mistralrs_arch_gemma.model import build_model
@@ -26,16 +26,9 @@ def weight_mapper(config: GemmaConfig, fmt: str):
     if fmt == "hf":
         return lambda name: [MappedTensor(name)]
 
-    per_layer = _SANDWICH_NORMS if config.sandwich_norms else None
-
-    def map_gguf(name: str):
-        target = llama_style_name(name, per_layer=per_layer)
-        if target is None:
-            return []
-        is_norm = name.split(".")[-2].endswith("norm")
-        return [MappedTensor(target, _without_unit_offset if is_norm else None)]
-
-    return map_gguf
+    return llama_style_mapper(
+        _SANDWICH_NORMS if config.sandwich_norms else None,
+        lambda stem: _without_unit_offset if stem.endswith("norm") else None)
 
 
 def _gemma_architecture(name: str, parse_config, hf: str, gguf: str, description: str):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from mistralrs.layers import expert_slice
-from mistralrs.loading.gguf_names import llama_style_name, unpermute_rotary_rows
+from mistralrs.loading.gguf_names import llama_style_mapper, rotary_unpermutes
 from mistralrs.plugins import Architecture, MappedTensor, hookimpl
 from mistralrs_arch_mistral.config import MistralConfig, is_mixtral_gguf, parse_config
 from mistralrs_arch_mistral.model import build_model
@@ -44,19 +44,11 @@ def weight_mapper(config: MistralConfig, fmt: str):
         return map_hf
 
     transforms = {
-        "attn_q": unpermute_rotary_rows(config.num_attention_heads),
-        "attn_k": unpermute_rotary_rows(config.num_key_value_heads),
+        **rotary_unpermutes(config.num_attention_heads, config.num_key_value_heads),
         **{stem: expert_slice(0, num_experts, num_experts)
            for stem in _GGUF_MOE if stem.endswith("_exps")},
     }
-
-    def map_gguf(name: str):
-        target = llama_style_name(name, _GGUF_MOE)
-        if target is None:
-            return []
-        return [MappedTensor(target, transforms.get(name.split(".")[-2]))]
-
-    return map_gguf
+    return llama_style_mapper(_GGUF_MOE, transforms.get)
 
 
 MISTRAL = Architecture(

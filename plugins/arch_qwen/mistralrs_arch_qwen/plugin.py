@@ -1,7 +1,7 @@
 """Registers Qwen2 and Qwen3 with mistralrs (entry point `mistralrs.architectures`)."""
 from __future__ import annotations
 
-from mistralrs.loading.gguf_names import llama_style_name
+from mistralrs.loading.gguf_names import llama_style_mapper
 from mistralrs.plugins import Architecture, MappedTensor, hookimpl
 from mistralrs_arch_qwen.config import QwenConfig, parse_qwen2, parse_qwen3
 from mistralrs_arch_qwen.model import build_model
@@ -12,12 +12,7 @@ def weight_mapper(config: QwenConfig, fmt: str):
     rope, so its converter leaves q/k rows in Hugging Face order: no un-permuting."""
     if fmt == "hf":
         return lambda name: [MappedTensor(name)]
-
-    def map_gguf(name: str):
-        target = llama_style_name(name)
-        return [] if target is None else [MappedTensor(target)]
-
-    return map_gguf
+    return llama_style_mapper()
 
 
 QWEN2 = Architecture(

@@ -1,7 +1,7 @@
 """Registers Starcoder2 with mistralrs (entry point `mistralrs.architectures`)."""
 from __future__ import annotations
 
-from mistralrs.loading.gguf_names import llama_style_name
+from mistralrs.loading.gguf_names import llama_style_mapper
 from mistralrs.plugins import Architecture, MappedTensor, hookimpl
 from mistralrs_arch_starcoder.config import Starcoder2Config, parse_config
 from mistralrs_arch_starcoder.model import build_model
@@ -21,12 +21,7 @@ def weight_mapper(config: Starcoder2Config, fmt: str):
     in Hugging Face order: no un-permuting."""
     if fmt == "hf":
         return lambda name: [MappedTensor(_hf_name(name))]
-
-    def map_gguf(name: str):
-        target = llama_style_name(name)
-        return [] if target is None else [MappedTensor(target)]
-
-    return map_gguf
+    return llama_style_mapper()
 
 
 STARCODER2 = Architecture(
