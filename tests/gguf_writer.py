@@ -2,6 +2,7 @@
 names and lays out tensors; the test oracle for our GGUF loading."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -201,12 +202,58 @@ def write_neox_rope_gguf(model, path: Path, arch: str,
 
 
 def _write_gguf_as_converter(model, path: Path, arch: str, qtype: GGMLQuantizationType,
-                             add_metadata, transform=None) -> dict[str, torch.Tensor]:
+                             add_metadata, transform=None,
+                             tensors: dict[str, torch.Tensor] | None = None
+                             ) -> dict[str, torch.Tensor]:
     """`_write_gguf`, with no output tensor for tied embeddings (llama.cpp's converter reads
     safetensors, which hold no lm_head then); the expected lm_head is the table read back."""
     if not model.config.tie_word_embeddings:
-        return _write_gguf(model, path, arch, qtype, add_metadata, transform)
+        return _write_gguf(model, path, arch, qtype, add_metadata, transform, tensors=tensors)
     expected = _write_gguf(model, path, arch, qtype, add_metadata, transform,
-                           skip=("lm_head.weight",))
+                           skip=("lm_head.weight",), tensors=tensors)
     expected["lm_head.weight"] = expected["model.embed_tokens.weight"]
     return expected
+
+
+_PHI_ARCHES = {"phi": "phi2", "phi3": "phi3", "phimoe": "phimoe"}
+
+
+def write_phi_gguf(model, path: Path, qtype: GGMLQuantizationType) -> dict[str, torch.Tensor]:
+    """Write a transformers Phi (as `phi2`), Phi3 (`phi3`) or PhiMoE (`phimoe`) causal LM as
+    llama.cpp's converter does: q/k rows in Hugging Face order (NEOX rope), Phi-3's fused
+    `qkv_proj` / `gate_up_proj` kept fused (`attn_qkv`, a double-width `ffn_up`), the rotary
+    dimension count; for phi3 and phimoe the original context, the sliding window (0: none),
+    longrope's factors as the tensors `rope_factors_short` / `rope_factors_long` with their
+    cos/sin scale `rope.scaling.attn_factor`, and PhiMoE's experts stacked. Returns what
+    `write_llama_gguf` does."""
+    config = model.config
+    arch = _PHI_ARCHES[config.model_type]
+    rope = config.rope_parameters
+    head_dim = config.hidden_size // config.num_attention_heads
+    num_experts = getattr(config, "num_local_experts", 0)
+
+    def add_metadata(writer: GGUFWriter) -> None:
+        writer.add_rope_dimension_count(int(head_dim * rope.get("partial_rotary_factor", 1.0)))
+        if arch == "phi2":
+            writer.add_layer_norm_eps(config.layer_norm_eps)
+            return
+        original = (rope.get("original_max_position_embeddings")
+                    or getattr(config, "original_max_position_embeddings", None)
+                    or config.max_position_embeddings)
+        writer.add_rope_freq_base(rope["rope_theta"])
+        writer.add_rope_scaling_orig_ctx_len(original)
+        writer.add_sliding_window(config.sliding_window or 0)
+        if num_experts:
+            writer.add_expert_count(num_experts)
+            writer.add_expert_used_count(config.num_experts_per_tok)
+        if rope["rope_type"] == "longrope":
+            scale = config.max_position_embeddings / original
+            writer.add_rope_scaling_attn_factors(
+                math.sqrt(1 + math.log(scale) / math.log(original)) if scale > 1 else 1.0)
+            for kind in ("long", "short"):
+                writer.add_tensor(f"rope_factors_{kind}.weight",
+                                  np.array(rope[f"{kind}_factor"], dtype=np.float32))
+
+    expected = _write_gguf_as_converter(model, path, arch, qtype, add_metadata,
+                                        tensors=_split_stacked_experts(model.state_dict()))
+    return _merge_stacked_experts(expected)

@@ -35,15 +35,16 @@ class CausalLM(nn.Module):
 
     Each decoder layer is called as `layer(hidden [T, H], batch) -> hidden` with the residual
     added inside. `tie_word_embeddings` makes the output head share the embedding table when a
-    checkpoint has no separate output weight. `final_logit_softcap` is Gemma2's soft-capping.
+    checkpoint has no separate output weight. `final_logit_softcap` is Gemma2's soft-capping;
+    `lm_head_bias` gives the output head a bias (Phi-2, Phi-3.5-MoE).
     """
 
     def __init__(self, decoder: Decoder, vocab_size: int, tie_word_embeddings: bool,
-                 final_logit_softcap: float | None = None):
+                 final_logit_softcap: float | None = None, lm_head_bias: bool = False):
         super().__init__()
         self.model = decoder
         hidden_size = decoder.embed_tokens.embedding_dim
-        self.lm_head = QuantLinear(hidden_size, vocab_size)
+        self.lm_head = QuantLinear(hidden_size, vocab_size, lm_head_bias)
         self.tie_word_embeddings = tie_word_embeddings
         self.final_logit_softcap = final_logit_softcap
 

@@ -196,7 +196,8 @@ def _yarn_inv_freq(inv_freq: torch.Tensor, rope: dict[str, Any], base: float,
     low, high = max(low, 0), min(high, dim - 1)
     if low == high:
         high += 0.001
-    interpolated = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    features = torch.arange(dim // 2, dtype=torch.float32, device=inv_freq.device)
+    interpolated = ((features - low) / (high - low)).clamp(0, 1)
     inv_freq = inv_freq / factor * interpolated + inv_freq * (1 - interpolated)
     return inv_freq, float(attention_factor)
 
