@@ -17,6 +17,7 @@ from mistralrs import CompletionRequest, Runner, Which
 from mistralrs.engine.scoring import score
 from mistralrs.loading.model_loader import load_plain
 from mistralrs_arch_gemma.config import parse_gemma2, parse_gemma3
+from hf_reference import incremental_reference
 from tiny_models import save_hf_model
 
 SLIDING, FULL = "sliding_attention", "full_attention"
@@ -57,17 +58,6 @@ def tiny_gemma(tmp_path, kind: str, seed: int = 0):
 def random_ids(n: int, seed: int) -> list[int]:
     return torch.randint(0, 256, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
 
-
-def incremental_reference(model, ids: list[int], prompt_len: int) -> torch.Tensor:
-    """transformers' logits for tokens prompt_len.. fed one at a time through its own KV cache."""
-    with torch.no_grad():
-        out = model(torch.tensor([ids[:prompt_len]]), use_cache=True)
-        cache, rows = out.past_key_values, []
-        for token in ids[prompt_len:]:
-            out = model(torch.tensor([[token]]), past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
-            rows.append(out.logits[0, -1])
-    return torch.stack(rows)
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:

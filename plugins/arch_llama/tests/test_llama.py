@@ -8,6 +8,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from mistralrs import CompletionRequest, Runner, Which
 from mistralrs.engine.scoring import score
 from mistralrs.loading.model_loader import load_plain
+from hf_reference import incremental_reference
 from tiny_models import save_hf_model
 
 ROPE_VARIANTS = {
@@ -45,18 +46,6 @@ def test_logits_match_transformers_on_prefill_and_cached_decode(tmp_path, tie, r
     decode = score(loaded, ids, chunks=[24] + [1] * 16)
     assert (decode[24:] - incremental_reference(reference, ids, 24)).abs().max().item() < 1e-4
 
-
-def incremental_reference(model, ids, prompt_len):
-    """transformers' logits for tokens prompt_len.. fed one at a time through its KV cache
-    (not a full forward: dynamic rope scaling depends on the length at each step)."""
-    with torch.no_grad():
-        out = model(torch.tensor([ids[:prompt_len]]), use_cache=True)
-        cache, rows = out.past_key_values, []
-        for token in ids[prompt_len:]:
-            out = model(torch.tensor([[token]]), past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
-            rows.append(out.logits[0, -1])
-    return torch.stack(rows)
 
 
 @pytest.mark.parametrize("tie", [True, False])

@@ -13,6 +13,7 @@ from mistralrs.engine.scoring import score
 from mistralrs.errors import ModelFormatError
 from mistralrs.loading.model_loader import load_plain
 from mistralrs_arch_mistral.config import parse_config
+from hf_reference import incremental_reference
 from tiny_models import save_hf_model
 
 ARCHS = ["Mistral", "Mixtral"]
@@ -31,17 +32,6 @@ def tiny_model(tmp_path, arch: str, seed: int = 0):
                                                  num_experts_per_tok=2))
     return model.eval(), save_hf_model(model, tmp_path / arch)
 
-
-def incremental_reference(model, ids: list[int], prompt_len: int) -> torch.Tensor:
-    """transformers' logits for tokens prompt_len.. fed one at a time through its KV cache."""
-    with torch.no_grad():
-        out = model(torch.tensor([ids[:prompt_len]]), use_cache=True)
-        cache, rows = out.past_key_values, []
-        for token in ids[prompt_len:]:
-            out = model(torch.tensor([[token]]), past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
-            rows.append(out.logits[0, -1])
-    return torch.stack(rows)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -7,12 +7,11 @@ import torch
 from gguf import GGMLQuantizationType
 from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
-from mistralrs import CompletionRequest, Runner, Which
 from mistralrs.engine.scoring import score
 from mistralrs.loading.model_loader import load_gguf
 from mistralrs_arch_qwen.config import parse_qwen2
 from gguf_writer import write_neox_rope_gguf
-from tiny_models import save_hf_model
+from hf_reference import check_against_transformers, max_diff, perturb_weights, random_ids
 
 COMMON = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=128, eos_token_id=257,
@@ -32,54 +31,17 @@ TINY_CONFIGS = {
 
 
 def tiny_qwen(kind: str, **overrides):
-    """A random model whose every weight is far from its initial value (biases start at 0 and
-    norm weights at 1, which would hide a missing bias or norm)."""
     torch.manual_seed(0)
     config_class, options = TINY_CONFIGS[kind]
     config = config_class(**COMMON, **{**options, **overrides})
     model_class = Qwen3ForCausalLM if config_class is Qwen3Config else Qwen2ForCausalLM
-    model = model_class(config).eval()
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(torch.randn_like(param) * 0.1)
-    return model
-
-
-def random_ids(n: int, seed: int) -> list[int]:
-    return torch.randint(0, 256, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
-
-
-def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a - b).abs().max().item()
+    return perturb_weights(model_class(config).eval())
 
 
 @pytest.mark.parametrize("kind", list(TINY_CONFIGS))
 def test_matches_transformers_on_prefill_cached_decode_and_greedy_generation(tmp_path, kind):
-    """transformers' `generate` feeds its tokens one at a time through its KV cache; its logits
-    at each step are the oracle for our cached decode steps, its tokens for our greedy run."""
-    reference = tiny_qwen(kind)
-    path = save_hf_model(reference, tmp_path / kind)
-    prompt = [256] + random_ids(11, seed=1)
-    with torch.no_grad():
-        out = reference.generate(torch.tensor([prompt]), max_new_tokens=32, do_sample=False,
-                                 output_logits=True, return_dict_in_generate=True)
-    generated = out.sequences[0, len(prompt):].tolist()
-    ids = prompt + generated
-    with torch.no_grad():
-        full = reference(torch.tensor([ids])).logits[0]
-
-    runner = Runner(Which.Plain(model_id=str(path)), progress=False)
-    try:
-        assert runner.loaded.architecture.name == ("Qwen3" if "qwen3" in kind else "Qwen2")
-        assert max_diff(score(runner.loaded, ids), full) < 1e-4
-        assert max_diff(score(runner.loaded, ids, chunks=[13, 17, len(ids) - 30]), full) < 1e-4
-        steps = score(runner.loaded, ids[:-1], chunks=[len(prompt)] + [1] * (len(generated) - 1))
-        assert max_diff(steps[len(prompt) - 1:], torch.cat(out.logits)) < 1e-4
-        greedy = runner.engine.submit(prompt, CompletionRequest(
-            prompt, max_tokens=32, temperature=0).sampling_params()).result()
-    finally:
-        runner.shutdown()
-    assert greedy.choices[0].token_ids == generated
+    check_against_transformers(tiny_qwen(kind), tmp_path / kind,
+                               "Qwen3" if "qwen3" in kind else "Qwen2")
 
 
 @pytest.mark.parametrize("use_sliding_window", [True, False])
