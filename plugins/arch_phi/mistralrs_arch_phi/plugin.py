@@ -7,12 +7,11 @@ family with NEOX (rotate-half) rope, so q/k rows keep their Hugging Face order.
 """
 from __future__ import annotations
 
-import re
 from itertools import accumulate
 
 import torch
 
-from mistralrs.layers import expert_slice
+from mistralrs.loading.moe_names import GGUF_MOE_NAMES, all_experts, hf_moe_tensor
 from mistralrs.loading.gguf_names import llama_style_name
 from mistralrs.plugins import Architecture, MappedTensor, hookimpl
 from mistralrs_arch_phi.config import PhiConfig, parse_phi2, parse_phi3, parse_phimoe
@@ -26,20 +25,13 @@ _HF_RENAMES = {
     ".mlp.fc1.": ".mlp.up_proj.",
     ".mlp.fc2.": ".mlp.down_proj.",
     "model.final_layernorm.": "model.norm.",
-    ".block_sparse_moe.gate.": ".mlp.gate.",
 }
-# Phi-3.5-MoE checkpoints: model.layers.N.block_sparse_moe.experts.E.{w1, w2, w3}.weight
-_HF_EXPERT = re.compile(r"(.+)\.block_sparse_moe\.experts\.(\d+)\.(w[123])\.weight$")
-_EXPERT_PROJECTIONS = {"w1": "gate_proj", "w2": "down_proj", "w3": "up_proj"}
 
 _GGUF_PHI2 = {"attn_qkv": "self_attn.qkv_proj"}
 _GGUF_PHI3 = {
     **_GGUF_PHI2,
     "ffn_up": "mlp.gate_up_proj",
-    "ffn_gate_inp": "mlp.gate",
-    "ffn_gate_exps": "mlp.experts.gate_proj",
-    "ffn_up_exps": "mlp.experts.up_proj",
-    "ffn_down_exps": "mlp.experts.down_proj",
+    **GGUF_MOE_NAMES,
 }
 _GGUF_ROPE_FACTORS = {
     "rope_factors_short.weight": "model.rotary_emb.short_factor",
@@ -91,11 +83,7 @@ def _weight_mapper(gguf_per_layer: dict[str, str]):
         def map_hf(name: str) -> list[MappedTensor]:
             if "rotary_emb" in name:
                 return []
-            if match := _HF_EXPERT.match(name):
-                layer, expert, projection = match.groups()
-                target = f"{layer}.mlp.experts.{_EXPERT_PROJECTIONS[projection]}.weight"
-                return [MappedTensor(target, expert_slice(int(expert), 1, num_experts))]
-            return _split_fused(_hf_name(name), fused)
+            return hf_moe_tensor(name, num_experts) or _split_fused(_hf_name(name), fused)
 
         def map_gguf(name: str) -> list[MappedTensor]:
             if name in _GGUF_ROPE_FACTORS:
@@ -104,7 +92,7 @@ def _weight_mapper(gguf_per_layer: dict[str, str]):
             if target is None:
                 return []
             if "_exps." in name:
-                return [MappedTensor(target, expert_slice(0, num_experts, num_experts))]
+                return [MappedTensor(target, all_experts(num_experts))]
             return _split_fused(target, fused)
 
         return map_hf if fmt == "hf" else map_gguf
