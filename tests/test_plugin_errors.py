@@ -119,3 +119,17 @@ def test_truncated_gguf(tmp_path):
         broken.write_bytes(source[:size])
         with pytest.raises(ModelFormatError):
             load_gguf(str(broken.parent), broken.name, progress=False)
+
+
+def test_mixtral_gguf_without_its_plugin(tmp_path, llama_only):
+    from gguf import GGMLQuantizationType
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    from gguf_writer import write_llama_gguf
+
+    config = MixtralConfig(vocab_size=288, hidden_size=32, intermediate_size=48,
+                           num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                           num_local_experts=4, num_experts_per_tok=2)
+    write_llama_gguf(MixtralForCausalLM(config), tmp_path / "moe.gguf", GGMLQuantizationType.F32)
+    with pytest.raises(ArchitectureNotFoundError, match="pip install mistralrs-arch-mistral"):
+        load_gguf(str(tmp_path), "moe.gguf", registry=llama_only, progress=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from mistralrs.errors import ArchitectureNotFoundError
 from mistralrs.layers import rope_parameters_from_hf
 from mistralrs.loading.config import decoder_dims, eos_ids, gguf_rope_parameters
 
@@ -30,6 +31,10 @@ class LlamaConfig:
 def parse_config(raw: dict[str, Any], fmt: str) -> LlamaConfig:
     dims = decoder_dims(raw, fmt, default_context=2048 if fmt == "hf" else 4096)
     if fmt == "gguf":
+        if raw.get("expert_count"):
+            raise ArchitectureNotFoundError(
+                "this GGUF file is a mixture-of-experts `llama` model (Mixtral); install the "
+                "plugin that provides it: `pip install mistralrs-arch-mistral`")
         return LlamaConfig(
             **dims,
             rms_norm_eps=raw.get("attention.layer_norm_rms_epsilon", 1e-5),

@@ -6,7 +6,6 @@ through `Architecture.gguf_matches`.
 """
 from __future__ import annotations
 
-
 from mistralrs.loading.gguf_names import llama_style_mapper, rotary_unpermutes
 from mistralrs.loading.moe_names import GGUF_MOE_NAMES, all_experts, hf_moe_tensor
 from mistralrs.plugins import Architecture, MappedTensor, hookimpl
