@@ -194,3 +194,16 @@ def test_prompt_longer_than_the_context(tiny):
     runner, _ = tiny
     with pytest.raises(InvalidRequestError, match="context"):
         runner.send_completion_request(CompletionRequest(prompt=[65] * 100))
+
+
+def test_requests_after_shutdown_fail_clearly(tmp_path):
+    from mistralrs import MistralRsError
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1)
+    runner = Runner(Which.Plain(model_id=str(save_hf_model(LlamaForCausalLM(config), tmp_path))),
+                    progress=False)
+    runner.shutdown()
+    with pytest.raises(MistralRsError, match="shut down"):
+        complete(runner, max_tokens=2)

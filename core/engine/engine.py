@@ -146,6 +146,8 @@ class Engine:
 
     # -- the caller's side -------------------------------------------------------------------
     def submit(self, prompt_ids: list[int], params: SamplingParams) -> RequestHandle:
+        if not self._thread.is_alive():
+            raise MistralRsError("the engine has been shut down; create a new Runner")
         params.validate(self.vocab_size)
         if not prompt_ids:
             raise InvalidRequestError("the prompt is empty")
