@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field
 
 from mistralrs.api.requests import ChatCompletionRequest, CompletionRequest
 from mistralrs.engine.params import MAX_BIAS
@@ -20,15 +20,17 @@ MAX_CHOICES = 128
 MAX_STOP_SEQUENCES = 16
 MAX_STOP_LENGTH = 256
 
-TokenId = Annotated[StrictInt, Field(ge=0)]
-TokenIdKey = Annotated[int, Field(ge=0)]
+TokenId = Annotated[int, Field(ge=0)]
+TokenIdKey = Annotated[int, Field(ge=0, strict=False)]
 """JSON object keys are strings: "42" is token 42."""
-StopString = Annotated[StrictStr, Field(max_length=MAX_STOP_LENGTH)]
+StopString = Annotated[str, Field(max_length=MAX_STOP_LENGTH)]
 Bias = Annotated[float, Field(ge=-MAX_BIAS, le=MAX_BIAS)]
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    """Strict: JSON types as the schema says (no "3" for 3, no true for 1.0), as OpenAI does."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class TextPart(_Body):

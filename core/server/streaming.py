@@ -83,7 +83,8 @@ class BackgroundIterator:
 
 
 def _data(payload: dict[str, Any]) -> str:
-    return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'), allow_nan=False)}\n\n"
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return f"data: {text}\n\n"
 
 
 async def server_sent_events(source: BackgroundIterator, keep_alive_seconds: float,

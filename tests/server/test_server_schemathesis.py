@@ -13,7 +13,7 @@ from server_harness import tiny_app, wait_until_idle
 
 API_KEY = "sk-test"
 EXAMPLES = 100
-"""Per operation and generation mode: per operation that has inputs to vary; about 400 requests in all."""
+"""Per operation and generation mode: about 500 requests in all."""
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def operations(api_schema):
 # operation's strategy is driven by Hypothesis directly.
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 def test_api_conforms_to_its_schema(api_schema, mode):
-    sent = 0
+    statuses: list[int] = []
     for operation in operations(api_schema):
         if mode is GenerationMode.NEGATIVE and not operation.get_request_payload_content_types():
             continue  # no input to make invalid
@@ -43,14 +43,14 @@ def test_api_conforms_to_its_schema(api_schema, mode):
         @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck),
                   database=None)
         def check(case):
-            nonlocal sent
-            sent += 1
-            case.call_and_validate(headers={"Authorization": f"Bearer {API_KEY}"},
-                                   excluded_checks=[positive_data_acceptance])
+            response = case.call_and_validate(headers={"Authorization": f"Bearer {API_KEY}"},
+                                              excluded_checks=[positive_data_acceptance])
+            statuses.append(response.status_code)
 
         check()
-    print("SENT", mode, sent)
-    assert sent >= 60
+    assert len(statuses) >= 150
+    if mode is GenerationMode.POSITIVE:
+        assert statuses.count(200) >= len(statuses) // 3
 
 
 def test_no_sequence_left_behind(tiny_runner, api_schema):
