@@ -207,3 +207,30 @@ def test_requests_after_shutdown_fail_clearly(tmp_path):
     runner.shutdown()
     with pytest.raises(MistralRsError, match="shut down"):
         complete(runner, max_tokens=2)
+
+
+def test_nan_logits_fail_only_the_request_concerned(tiny):
+    """A model producing NaN for one request: that request fails clearly, the others go on."""
+    from mistralrs import MistralRsError
+
+    runner, _ = tiny
+    model = runner.loaded.model
+    original = model.forward
+
+    def poisoned(batch):
+        logits = original(batch)
+        rows = (batch.input_ids[batch.logits_indices] == 66).nonzero().flatten()  # token "b"-ish
+        logits[rows] = float("nan")
+        return logits
+
+    model.forward = poisoned
+    try:
+        bad = runner.engine.submit([256, 66], CompletionRequest([0], max_tokens=4,
+                                                                temperature=0).sampling_params())
+        good = runner.engine.submit([256, 67], CompletionRequest([0], max_tokens=4,
+                                                                 temperature=0).sampling_params())
+        with pytest.raises(MistralRsError, match="NaN"):
+            bad.result()
+        assert good.result().choices[0].finish_reason in ("length", "stop")
+    finally:
+        model.forward = original

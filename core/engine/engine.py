@@ -252,7 +252,20 @@ class Engine:
                 rows.append(row)
                 choices.append(sibling)
             choice.pending_forks = []
-        tokens, logprobs = sample_next(logits[rows], [c.seq for c in choices],
+        logits = logits[rows]
+        broken = torch.isnan(logits).any(-1).tolist()
+        if any(broken):
+            # A model that produces NaN (overflow in half precision, a bad checkpoint) fails the
+            # requests concerned, not the whole batch.
+            for choice in {id(c.handle): c for c, bad in zip(choices, broken) if bad}.values():
+                self._fail(choice.handle, MistralRsError(
+                    "the model produced NaN logits for this request (try dtype F32 or BF16)"))
+            keep = [i for i, bad in enumerate(broken) if not bad and choices[i].seq.seq_id
+                    in self._choices]
+            logits, choices = logits[keep], [choices[i] for i in keep]
+            if not choices:
+                return
+        tokens, logprobs = sample_next(logits, [c.seq for c in choices],
                                        [c.params for c in choices], [c.seed for c in choices])
         for choice, token, lp in zip(choices, tokens, logprobs):
             self._on_token(choice, token, lp)
@@ -294,10 +307,12 @@ class Engine:
             handle.finished = time.perf_counter()
             handle._events.put(_DONE)
 
-    def _fail_all(self, error: BaseException) -> None:
-        handles = {id(c.handle): c.handle for c in self._choices.values()}
-        for choice in list(self._choices.values()):
+    def _fail(self, handle: RequestHandle, error: BaseException) -> None:
+        for choice in [c for c in self._choices.values() if c.handle is handle]:
             self._retire(choice)
-        for handle in handles.values():
-            handle.finished = time.perf_counter()
-            handle._events.put(error)
+        handle.finished = time.perf_counter()
+        handle._events.put(error)
+
+    def _fail_all(self, error: BaseException) -> None:
+        for handle in {id(c.handle): c.handle for c in self._choices.values()}.values():
+            self._fail(handle, error)
