@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from mistralrs.errors import ModelFormatError
@@ -59,6 +60,21 @@ def gguf_rope_parameters(view: dict[str, Any]) -> dict[str, Any]:
         if "rope.scaling.original_context_length" in view:
             rope["original_max_position_embeddings"] = view["rope.scaling.original_context_length"]
     return rope
+
+
+@dataclass
+class DecoderDims:
+    """The sizes every decoder-only transformer states, under their Hugging Face names: the
+    base of plugins' config dataclasses (fill it with `**decoder_dims(raw, fmt)`)."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    max_position_embeddings: int
 
 
 def decoder_dims(raw: dict[str, Any], fmt: str, default_head_dim: int | None = None,

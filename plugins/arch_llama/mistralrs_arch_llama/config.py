@@ -6,19 +6,11 @@ from typing import Any
 
 from mistralrs.errors import ArchitectureNotFoundError
 from mistralrs.layers import rope_parameters_from_hf
-from mistralrs.loading.config import decoder_dims, eos_ids, gguf_rope_parameters
+from mistralrs.loading.config import DecoderDims, decoder_dims, eos_ids, gguf_rope_parameters
 
 
 @dataclass
-class LlamaConfig:
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    head_dim: int
-    max_position_embeddings: int
+class LlamaConfig(DecoderDims):
     rms_norm_eps: float
     rope: dict[str, Any]
     tie_word_embeddings: bool = False

@@ -11,20 +11,19 @@ from typing import Any
 
 from mistralrs.errors import ModelFormatError
 from mistralrs.layers import rope_parameters_from_hf
-from mistralrs.loading.config import decoder_dims, eos_ids, gguf_rope_parameters, require
+from mistralrs.loading.config import (
+    DecoderDims,
+    decoder_dims,
+    eos_ids,
+    gguf_rope_parameters,
+    require,
+)
 
 
 @dataclass
-class MistralConfig:
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    """Of the MLP, or of each expert."""
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    head_dim: int
-    max_position_embeddings: int
+class MistralConfig(DecoderDims):
+    """`intermediate_size` is that of the MLP, or of each expert."""
+
     rms_norm_eps: float
     rope: dict[str, Any]
     sliding_window: int | None = None

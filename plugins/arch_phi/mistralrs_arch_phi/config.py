@@ -12,19 +12,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mistralrs.layers import rope_parameters_from_hf
-from mistralrs.loading.config import decoder_dims, eos_ids, gguf_rope_parameters, require
+from mistralrs.loading.config import (
+    DecoderDims,
+    decoder_dims,
+    eos_ids,
+    gguf_rope_parameters,
+    require,
+)
 
 
 @dataclass
-class PhiConfig:
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    head_dim: int
-    max_position_embeddings: int
+class PhiConfig(DecoderDims):
     norm_eps: float
     """LayerNorm's eps (Phi-2, Phi-3.5-MoE) or RMSNorm's (Phi-3)."""
     rope: dict[str, Any]

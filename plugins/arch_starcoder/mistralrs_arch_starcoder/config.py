@@ -10,19 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mistralrs.layers import rope_parameters_from_hf
-from mistralrs.loading.config import decoder_dims, eos_ids, gguf_rope_parameters
+from mistralrs.loading.config import DecoderDims, decoder_dims, eos_ids, gguf_rope_parameters
 
 
 @dataclass
-class Starcoder2Config:
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    head_dim: int
-    max_position_embeddings: int
+class Starcoder2Config(DecoderDims):
     norm_epsilon: float
     rope: dict[str, Any]
     sliding_window: int | None = None
