@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from . import reference, triton_dequant
+from . import cpu_matmul, reference, triton_dequant
 from .common import Dequantizer
 from .iquants import DEQUANTIZERS as IQ_DEQUANTIZERS
 from .layout import as_qtype, as_rows, block_layout, row_elements
@@ -22,7 +22,7 @@ from .triton_matmul import FUSED_TYPES, fused_quant_matmul
 
 __all__ = [
     "DEQUANTIZERS", "block_layout", "dequantize", "dequantize_reference", "dequantize_triton",
-    "quant_matmul", "quant_matmul_reference", "quant_matmul_triton",
+    "quant_matmul", "quant_matmul_cpu", "quant_matmul_reference", "quant_matmul_triton",
 ]
 
 DEQUANTIZERS: dict[GGMLQuantizationType, Dequantizer] = {
@@ -83,9 +83,20 @@ def quant_matmul(x: torch.Tensor, packed: torch.Tensor, qtype: QType) -> torch.T
     """x float [..., K] @ W.T -> [..., N] in x's dtype, for W packed as uint8 [N, K_bytes].
 
     On CUDA the quantized types run fused kernels (W decoded in registers: a GEMV for up to
-    `GEMV_MAX_ROWS` rows of x, a tiled GEMM beyond); the float and IQ types dequantize W first.
+    `GEMV_MAX_ROWS` rows of x, a tiled GEMM beyond); elsewhere `quant_matmul_cpu`. The float
+    and IQ types dequantize W first.
     """
-    return (quant_matmul_triton if x.is_cuda else quant_matmul_reference)(x, packed, qtype)
+    return (quant_matmul_triton if x.is_cuda else quant_matmul_cpu)(x, packed, qtype)
+
+
+def quant_matmul_cpu(x: torch.Tensor, packed: torch.Tensor, qtype: QType) -> torch.Tensor:
+    """The CPU kernels of `cpu_matmul` for the integer types. This lays W out on every call; a
+    layer that calls it repeatedly keeps `cpu_matmul.prepare(packed, qtype)` and calls
+    `cpu_matmul.matmul` instead."""
+    qtype = _checked_matmul_type(x, packed, qtype)
+    if qtype not in cpu_matmul.SUPPORTED_TYPES:
+        return quant_matmul_reference(x, packed, qtype)
+    return cpu_matmul.matmul(x, cpu_matmul.prepare(packed, qtype))
 
 
 def quant_matmul_reference(x: torch.Tensor, packed: torch.Tensor, qtype: QType) -> torch.Tensor:
