@@ -67,3 +67,23 @@ def check_against_transformers(reference, directory, architecture: str,
     finally:
         runner.shutdown()
     assert greedy.choices[0].token_ids == generated
+
+
+def check_gguf_against_safetensors(model, gguf_dir, gguf_name: str, architecture: str,
+                                   hf_dir) -> None:
+    """`model` (transformers, holding the weights a GGUF reader should reconstruct) saved as
+    safetensors in `hf_dir` and already written as GGUF `gguf_dir/gguf_name`: the GGUF loads as
+    `architecture`, and its logits (prefill then cached decode) are within 1e-4 of the
+    safetensors path and of transformers."""
+    from mistralrs.loading.model_loader import load_gguf, load_plain
+
+    options = dict(dtype=torch.float32, device=torch.device("cpu"), progress=False)
+    safetensors = load_plain(str(save_hf_model(model, hf_dir)), **options)
+    gguf = load_gguf(str(gguf_dir), gguf_name, **options)
+    assert gguf.architecture.name == architecture
+    ids = random_ids(30, seed=2)
+    ours = score(gguf, ids, chunks=[20] + [1] * 10)
+    with torch.no_grad():
+        expected = model(torch.tensor([ids])).logits[0]
+    assert max_diff(ours, score(safetensors, ids)) < 1e-4
+    assert max_diff(ours, expected) < 1e-4

@@ -13,15 +13,12 @@ import torch
 from gguf import ExpertGatingFuncType, GGMLQuantizationType, GGUFWriter, RopeScalingType
 
 from gguf_writer import _merge_stacked_experts, _split_stacked_experts, _write_gguf
-from mistralrs.engine.scoring import score
-from mistralrs.loading.model_loader import load_gguf, load_plain
 from mistralrs.plugins import PluginRegistry
 from mistralrs_arch_deepseek import plugin as deepseek_plugin
 from tiny_deepseek import ARCHS, YARN, tiny_deepseek
-from tiny_models import save_hf_model
+from hf_reference import check_gguf_against_safetensors
 
 ROPE = {**YARN, "mscale": 0.707, "mscale_all_dim": 0.707}
-CPU = dict(dtype=torch.float32, device=torch.device("cpu"), progress=False)
 
 
 def _split_kv_b(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
@@ -106,16 +103,7 @@ def test_gguf_matches_safetensors_path_and_transformers(tmp_path, arch, split_kv
     model = tiny_deepseek(arch, rope=ROPE)
     gguf_path = tmp_path / "tiny.gguf"
     model.load_state_dict(write_deepseek2_gguf(model, gguf_path, qtype, split_kv_b))
-    safetensors = load_plain(str(save_hf_model(model, tmp_path / "hf")), **CPU)
-    gguf = load_gguf(str(tmp_path), gguf_path.name, **CPU)
-    assert gguf.architecture.name == arch
-
-    ids = torch.randint(0, 256, (30,), generator=torch.Generator().manual_seed(2)).tolist()
-    ours = score(gguf, ids, chunks=[20] + [1] * 10)
-    with torch.no_grad():
-        expected = model(torch.tensor([ids])).logits[0]
-    assert (ours - score(safetensors, ids)).abs().max().item() < 1e-4
-    assert (ours - expected).abs().max().item() < 1e-4
+    check_gguf_against_safetensors(model, tmp_path, gguf_path.name, arch, tmp_path / "hf")
 
 
 def test_sigmoid_gated_deepseek2_files_are_v3():

@@ -13,12 +13,10 @@ from gguf import GGMLQuantizationType
 from transformers import MistralConfig, MistralForCausalLM, MixtralConfig, MixtralForCausalLM
 
 from gguf_writer import write_llama_gguf
-from mistralrs.engine.scoring import score
 from mistralrs.errors import ArchitectureNotFoundError
-from mistralrs.loading.model_loader import load_gguf, load_plain
 from mistralrs.plugins import PluginRegistry
 from mistralrs_arch_mistral import plugin as mistral_plugin
-from tiny_models import save_hf_model
+from hf_reference import check_gguf_against_safetensors
 
 COMMON = dict(vocab_size=288, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
@@ -38,17 +36,7 @@ def test_gguf_matches_safetensors_path_and_transformers(tmp_path, loads_as, qtyp
     model = MODELS[loads_as]().eval()
     gguf_path = tmp_path / "tiny.gguf"
     model.load_state_dict(write_llama_gguf(model, gguf_path, qtype))
-    options = dict(dtype=torch.float32, device=torch.device("cpu"), progress=False)
-    safetensors = load_plain(str(save_hf_model(model, tmp_path / "hf")), **options)
-    gguf = load_gguf(str(tmp_path), gguf_path.name, **options)
-    assert gguf.architecture.name == loads_as
-
-    ids = torch.randint(0, 256, (30,), generator=torch.Generator().manual_seed(2)).tolist()
-    ours = score(gguf, ids, chunks=[20] + [1] * 10)
-    with torch.no_grad():
-        expected = model(torch.tensor([ids])).logits[0]
-    assert (ours - score(safetensors, ids)).abs().max().item() < 1e-4
-    assert (ours - expected).abs().max().item() < 1e-4
+    check_gguf_against_safetensors(model, tmp_path, gguf_path.name, loads_as, tmp_path / "hf")
 
 
 def test_only_llama_files_with_experts_are_claimed_by_mixtral():
