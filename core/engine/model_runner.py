@@ -1,21 +1,11 @@
 """Turns the scheduler's decisions into one forward pass over the paged KV cache."""
 from __future__ import annotations
 
-import logging
-import os
-
 import torch
 from torch import nn
 
 from mistralrs.layers import Attention, Batch
 from mistralrs.scheduler import ScheduledSequence
-
-log = logging.getLogger(__name__)
-
-COMPILE_DECODE_ENV = "MISTRALRS_CPU_COMPILE_DECODE"
-"""Set to 1 to run CPU decode steps as one torch.compile'd graph (see `ModelRunner`)."""
-_BATCH_DIM_FIELDS = ("input_ids", "positions", "cu_seqlens_q", "context_lens", "block_tables",
-                     "slot_mapping", "logits_indices")
 
 
 def attention_layers(model: nn.Module) -> list[Attention]:
@@ -45,26 +35,13 @@ def _layer_caches(a: Attention, num_blocks: int, block_size: int, dtype: torch.d
 
 
 class ModelRunner:
-    """Owns the model and its KV cache; `run` executes one scheduled step.
-
-    `compile_decode` (default: the `MISTRALRS_CPU_COMPILE_DECODE` environment variable, CPU
-    only): decode steps run as one graph compiled by torch.compile, which removes the per-op
-    Python and dispatch overhead that dominates a small model's decode step on CPU (about twice
-    the tokens per second on SmolLM2-135M). The price is a compilation at the first decode step
-    (seconds with inductor's disk cache warm, about a minute cold), and again once for the
-    first batch of several sequences. Other steps, and any step whose compilation fails, run
-    eagerly."""
+    """Owns the model and its KV cache; `run` executes one scheduled step."""
 
     def __init__(self, model: nn.Module, num_blocks: int, block_size: int,
-                 dtype: torch.dtype, device: torch.device, compile_decode: bool | None = None):
+                 dtype: torch.dtype, device: torch.device):
         self.model = model
         self.block_size = block_size
         self.device = device
-        if compile_decode is None:
-            compile_decode = device.type == "cpu" and os.environ.get(COMPILE_DECODE_ENV) == "1"
-        self._compiled_decode = torch.compile(model, dynamic=False) if compile_decode else None
-        self._ran_eagerly = False
-        self._decoded_one = False
         self.kv_caches = [_layer_caches(a, num_blocks, block_size, dtype, device)
                           for a in attention_layers(model)]
 
@@ -83,8 +60,7 @@ class ModelRunner:
                 logits_rows.extend(range(cu[-2], cu[-1]))
             elif item.completes_input:
                 logits_rows.append(cu[-1] - 1)
-        # at least 2 columns: a compiled decode step keeps the width dynamic, never 1
-        width = max(2, max(len(item.seq.block_table) for item in scheduled))
+        width = max(len(item.seq.block_table) for item in scheduled)
         tables = [item.seq.block_table + [-1] * (width - len(item.seq.block_table))
                   for item in scheduled]
 
@@ -117,27 +93,4 @@ class ModelRunner:
     def run(self, scheduled: list[ScheduledSequence], all_logits: bool = False) -> torch.Tensor:
         """Logits [rows, vocab]: one row per sequence whose input is complete, or with
         `all_logits` one row per new token (for scoring and tests)."""
-        batch = self._batch(scheduled, all_logits)
-        if self._compiled_decode is not None and batch.is_decode and self._ran_eagerly:
-            try:
-                with torch.compiler.set_stance(skip_guard_eval_unsafe=self._decoded_one):
-                    out = self._compiled_decode(_mark_dynamic_dims(batch))
-                self._decoded_one = self._decoded_one or batch.input_ids.shape[0] == 1
-                return out
-            except Exception:  # noqa: BLE001 - a failed compilation must not fail the request
-                log.exception("compiling the decode step failed; decoding eagerly from now on")
-                self._compiled_decode = None
-        # The first step runs eagerly: layers make their lazy state (CPU weight layouts) there,
-        # not inside the traced graph.
-        self._ran_eagerly = True
-        return self.model(batch)
-
-
-def _mark_dynamic_dims(batch: Batch) -> Batch:
-    """Sizes that change between decode steps stay symbolic in the compiled graph: the block
-    table's width (context length) and, once several sequences decode together, the batch."""
-    torch._dynamo.mark_dynamic(batch.block_tables, 1)
-    if batch.input_ids.shape[0] > 1:
-        for name in _BATCH_DIM_FIELDS:
-            torch._dynamo.mark_dynamic(getattr(batch, name), 0)
-    return batch
+        return self.model(self._batch(scheduled, all_logits))

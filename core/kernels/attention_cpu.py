@@ -21,14 +21,12 @@ multi-megabyte buffer is mmap'd and costs a page fault per 4 KiB, more than the 
 
 def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
              slot_mapping: torch.Tensor) -> None:
-    if not torch.compiler.is_compiling():  # a compiled decode step has no skipped slots
-        keep = slot_mapping >= 0
-        k, v, slot_mapping = k[keep], v[keep], slot_mapping[keep]
-    slots = slot_mapping.long()
+    keep = slot_mapping >= 0
+    slots = slot_mapping[keep].long()
     block_size = k_cache.shape[1]
     blocks, offsets = slots // block_size, slots % block_size
-    k_cache[blocks, offsets] = k.to(k_cache.dtype)
-    v_cache[blocks, offsets] = v.to(v_cache.dtype)
+    k_cache[blocks, offsets] = k[keep].to(k_cache.dtype)
+    v_cache[blocks, offsets] = v[keep].to(v_cache.dtype)
 
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -59,9 +57,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
                            sliding_window: int | None = None,
                            softcap: float | None = None) -> torch.Tensor:
     """All sequences at once: each gathers the same number of blocks (enough for the longest
-    needed key range, starting at its own first needed block) and masks what it does not use.
-    Under torch.compile (the CPU decode step, `ModelRunner`) shapes must not depend on the data:
-    every sequence then gathers all the columns of the block table."""
+    needed key range, starting at its own first needed block) and masks what it does not use."""
     batch, num_q_heads, head_dim_k = q.shape
     block_size, num_kv_heads, head_dim_v = k_cache.shape[1], k_cache.shape[2], v_cache.shape[3]
     group = num_q_heads // num_kv_heads
@@ -69,12 +65,9 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     first_key = torch.zeros_like(context)
     if sliding_window is not None:
         first_key = (context - sliding_window).clamp(min=0)
+    first_block = first_key // block_size
     last_block = (context - 1) // block_size
-    if torch.compiler.is_compiling():
-        first_block, num_blocks = torch.zeros_like(context), block_tables.shape[1]
-    else:
-        first_block = first_key // block_size
-        num_blocks = int((last_block - first_block).max()) + 1 if batch else 0
+    num_blocks = int((last_block - first_block).max()) + 1 if batch else 0
     table_column = first_block[:, None] + torch.arange(num_blocks)
     needed = table_column <= last_block[:, None]
     table_entry = block_tables.gather(1, table_column.clamp(max=block_tables.shape[1] - 1))
@@ -86,8 +79,6 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     out = torch.empty(batch, num_kv_heads, group, head_dim_v)
     seq_bytes = key_pos.shape[1] * num_kv_heads * (head_dim_k + head_dim_v) * 4
     seqs_per_chunk = max(1, GATHER_CHUNK_BYTES // seq_bytes)
-    if torch.compiler.is_compiling():  # one chunk: the chunk count must not depend on the width
-        seqs_per_chunk = batch
     for start in range(0, batch, seqs_per_chunk):
         seqs = slice(start, start + seqs_per_chunk)
         out[seqs] = _attend(grouped_q[seqs], _gather_blocks(k_cache, block_ids[seqs]),

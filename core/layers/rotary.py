@@ -116,28 +116,20 @@ class RotaryEmbedding(nn.Module):
         return positions[:, None] * inv_freq, torch.where(long, self.long_scale, self.short_scale)
 
     def cos_sin(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Computed once per batch and shared by the layers; under torch.compile (the CPU decode
-        step) recomputed in each layer instead: the graph cannot keep Python state, and its
-        fused kernels make the recomputation cheap."""
-        if torch.compiler.is_compiling():
-            return self._compute_cos_sin(batch)
         if self._batch is not batch:
-            self._batch, self._cos_sin = batch, self._compute_cos_sin(batch)
+            positions = batch.positions.float()
+            scale = self.attention_factor
+            if self.rope_type == "dynamic":
+                freqs = positions[:, None] * self._token_inv_freq(batch).to(positions.device)
+            elif self.rope_type == "longrope":
+                freqs, scale = self._longrope_freqs(positions, batch)
+            else:
+                freqs = positions[:, None] * self.inv_freq[None, :]
+            cos, sin = freqs.cos(), freqs.sin()
+            if self.rope_type == "longrope" or self.attention_factor != 1.0:
+                cos, sin = cos * scale, sin * scale
+            self._batch, self._cos_sin = batch, (cos, sin)
         return self._cos_sin
-
-    def _compute_cos_sin(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        positions = batch.positions.float()
-        scale = self.attention_factor
-        if self.rope_type == "dynamic":
-            freqs = positions[:, None] * self._token_inv_freq(batch).to(positions.device)
-        elif self.rope_type == "longrope":
-            freqs, scale = self._longrope_freqs(positions, batch)
-        else:
-            freqs = positions[:, None] * self.inv_freq[None, :]
-        cos, sin = freqs.cos(), freqs.sin()
-        if self.rope_type == "longrope" or self.attention_factor != 1.0:
-            cos, sin = cos * scale, sin * scale
-        return cos, sin
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, batch: Batch):
         """q [T, Hq, D], k [T, Hk, D] -> rotated q, k."""

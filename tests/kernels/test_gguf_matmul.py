@@ -90,8 +90,7 @@ def test_leading_dimensions_and_cpu_dispatch():
     x = torch.randn(2, 3, 256, generator=torch.Generator().manual_seed(0))
     expected = expected_product(x.reshape(6, 256), packed, Q.Q4_K).reshape(2, 3, N)
     assert relative_error(quant_matmul_triton(x, packed, Q.Q4_K), expected) < 1e-3
-    torch.testing.assert_close(quant_matmul(x, packed, Q.Q4_K), quant_matmul_reference(x, packed, Q.Q4_K),
-                               rtol=0, atol=0)
+    assert relative_error(quant_matmul(x, packed, Q.Q4_K), expected) < 1e-5  # CPU: cpu_matmul
     assert relative_error(quant_matmul_reference(x, packed, Q.Q4_K), expected) < 1e-5
 
 

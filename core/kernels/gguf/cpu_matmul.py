@@ -4,10 +4,11 @@ generates (inductor's C++ backend, vectorized and parallel over output rows).
 Every integer GGUF type is x = scale[g] * q + offset[g] over groups g of 16 to 256 consecutive
 elements (`reference.AFFINE_BLOCKS`). `CpuWeight` lays a weight out for that form once:
 
-- Q4_0, Q4_1, Q4_K: `codes` is a view of the file's own bytes, uint8 [N, blocks, runs, W]: each
-  run of W bytes holds 2W elements, low nibbles first. Nothing is copied.
-- Q8_0: an int8 view of the file's bytes [N, blocks, 32]. Nothing is copied.
-- The other types: int8 codes [N, groups, group], made once: one byte a weight.
+- Q4_0, Q4_1, Q4_K and Q8_0: `data` is the packed rows themselves, seen as blocks; the kernels
+  read the quants in place (4-bit types: runs of W bytes holding 2W elements, low nibbles
+  first). Nothing is copied: a memory-mapped GGUF stays the only copy of the weight.
+- The other types (5-, 6-, 2- and 3-bit layouts whose bits are costly to gather in a vectorized
+  loop): int8 codes [N, groups, group], made once; one byte a weight.
 - `scale` and `offset`: float32, one per group (an eighth to a quarter of a byte a weight).
 
 Kernels, chosen by the number M of rows of x:
@@ -27,6 +28,7 @@ from typing import Callable
 import torch
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as Q
+from torch.fx.experimental.proxy_tensor import make_fx
 
 from .layout import row_elements
 from .reference import AFFINE_BLOCKS
@@ -63,7 +65,7 @@ INT8_VIEWS = {Q.Q8_0: 2}
 SUPPORTED_TYPES = frozenset(AFFINE_BLOCKS)
 
 
-@dataclass(frozen=True)
+@dataclass
 class CpuWeight:
     """A packed weight [out_features, in_features] laid out for the CPU kernels of its type.
 
@@ -77,6 +79,8 @@ class CpuWeight:
     scale: torch.Tensor
     offset: torch.Tensor | None
     in_features: int
+    decode_kernel: Callable | None = None
+    """The one-row GEMV compiled for exactly this weight's shapes (`_decode_kernel`)."""
 
     @property
     def out_features(self) -> int:
@@ -158,7 +162,8 @@ def _byte_kernels(start: int | None, group: int) -> tuple[Callable, Callable]:
 class _Compiled:
     """`fn` compiled by torch.compile on first use, with dynamic shapes so that the layers of a
     model share one kernel; the eager `fn` where compiling fails (say, no C++ compiler). Inside
-    a larger compiled region (the decode step) `fn` is traced into it."""
+    a region that is itself being compiled (a user's `torch.compile(model)`) `fn` is traced into
+    that region."""
 
     def __init__(self, fn: Callable):
         self.fn = fn
@@ -199,6 +204,41 @@ _KERNELS = {qtype: _make_kernels(qtype) for qtype in SUPPORTED_TYPES}
 """(gemv, dequantize) of each type (compiled on first use)."""
 
 
+_DECODE_KERNELS: dict[tuple, Callable] = {}
+"""One-row GEMVs by type and exact shapes of their operands, shared by same-shaped layers."""
+
+
+def _decode_kernel(weight: CpuWeight) -> Callable:
+    """The GEMV for one row of x (a decode step), compiled for this weight's exact shapes by
+    inductor without torch.compile's front end: a decode step calls one per linear layer, and
+    the front end's guard checks (~15 us a call) would cost as much as the kernels of a small
+    model. Falls back to the dynamically shaped kernel where this compilation fails."""
+    operands = [torch.empty(1, weight.in_features), weight.data, weight.scale, weight.offset]
+    key = (weight.qtype, *((t.shape, t.stride()) for t in operands if t is not None))
+    if key not in _DECODE_KERNELS:
+        gemv = _KERNELS[weight.qtype][0]
+        if weight.offset is None:
+            def fn(x, data, scale):
+                return gemv.fn(x, data, scale, None)
+        else:
+            fn = gemv.fn
+        tensors = [t for t in operands if t is not None]
+        try:
+            from torch._inductor import standalone_compile
+
+            compiled = standalone_compile(
+                make_fx(fn, tracing_mode="fake")(*tensors), tensors,
+                dynamic_shapes="from_example_inputs")
+            kernel = compiled if weight.offset is not None else (
+                lambda x, data, scale, offset: compiled(x, data, scale))
+        except Exception as e:  # noqa: BLE001 - the dynamic kernel still works
+            log.warning("compiling the %s decode GEMV failed (%s: %s); using the dynamically "
+                        "shaped kernel", weight.qtype.name, type(e).__name__, e)
+            kernel = gemv
+        _DECODE_KERNELS[key] = kernel
+    return _DECODE_KERNELS[key]
+
+
 def dequantize(weight: CpuWeight) -> torch.Tensor:
     """float32 [out_features, in_features]."""
     return _KERNELS[weight.qtype][1](weight.data, weight.scale, weight.offset)
@@ -214,6 +254,10 @@ def _matmul_rows(x: torch.Tensor, weight: CpuWeight) -> torch.Tensor:
     m, n = x.shape[0], weight.out_features
     if m == 0:
         return x.new_empty(0, n)
+    if m == 1 and not torch.compiler.is_compiling():
+        if weight.decode_kernel is None:
+            weight.decode_kernel = _decode_kernel(weight)
+        return weight.decode_kernel(x, weight.data, weight.scale, weight.offset)
     if m <= GEMV_MAX_ROWS:
         return _KERNELS[weight.qtype][0](x, weight.data, weight.scale, weight.offset)
     tile_rows = max(1, TILE_BYTES // (4 * weight.in_features))
