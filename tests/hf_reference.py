@@ -38,6 +38,21 @@ def incremental_reference(model, ids: list[int], prompt_len: int) -> torch.Tenso
     return torch.stack(rows)
 
 
+def check_greedy_matches_generate(reference, model_dir, new_tokens: int = 32) -> None:
+    """Our greedy tokens through `Runner` (the saved `model_dir`) equal transformers' `generate`."""
+    prompt = [256, 72, 101, 108, 108, 111]
+    with torch.no_grad():
+        generated = reference.generate(torch.tensor([prompt]), max_new_tokens=new_tokens,
+                                       do_sample=False)
+    runner = Runner(Which.Plain(model_id=str(model_dir)), progress=False)
+    try:
+        out = runner.engine.submit(prompt, CompletionRequest(
+            prompt, max_tokens=new_tokens, temperature=0).sampling_params()).result()
+    finally:
+        runner.shutdown()
+    assert out.choices[0].token_ids == generated[0, len(prompt):].tolist()
+
+
 def check_against_transformers(reference, directory, architecture: str,
                                prompt_len: int = 12, new_tokens: int = 32) -> None:
     """Save `reference`, load it through `Runner`, and check: the architecture chosen; logits

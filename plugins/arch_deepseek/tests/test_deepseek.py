@@ -11,7 +11,6 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.models.deepseek_v2.modeling_deepseek_v2 import DeepseekV2TopkRouter
 from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3TopkRouter
 
-from mistralrs import CompletionRequest, Runner, Which
 from mistralrs.engine.model_runner import ModelRunner, kv_bytes_per_block
 from mistralrs.engine.scoring import score
 from mistralrs.errors import ModelFormatError
@@ -21,6 +20,7 @@ from mistralrs.layers.moe import grouped_sigmoid_topk, grouped_softmax_topk
 from mistralrs.loading.model_loader import load_plain
 from mistralrs_arch_deepseek.config import parse_deepseek_v2, parse_deepseek_v3
 from tiny_deepseek import ARCHS, COMMON, YARN, tiny_deepseek
+from hf_reference import check_greedy_matches_generate
 from tiny_models import save_hf_model
 
 CPU = dict(dtype=torch.float32, device=torch.device("cpu"), progress=False)
@@ -55,18 +55,7 @@ def test_logits_match_transformers_on_prefill_and_cached_decode(tmp_path, varian
 @pytest.mark.parametrize("arch", ARCHS)
 def test_greedy_generation_matches_transformers_generate(tmp_path, arch):
     reference = tiny_deepseek(arch, seed=3)
-    prompt = [256, 72, 101, 108, 108, 111]
-    with torch.no_grad():
-        generated = reference.generate(torch.tensor([prompt]), max_new_tokens=32, do_sample=False)
-    expected = generated[0, len(prompt):].tolist()
-    runner = Runner(Which.Plain(model_id=str(save_hf_model(reference, tmp_path / arch))),
-                    progress=False)
-    try:
-        out = runner.engine.submit(prompt, CompletionRequest(
-            prompt, max_tokens=32, temperature=0).sampling_params()).result()
-    finally:
-        runner.shutdown()
-    assert out.choices[0].token_ids == expected
+    check_greedy_matches_generate(reference, save_hf_model(reference, tmp_path / arch))
 
 
 def test_kv_cache_holds_the_compressed_latent(tmp_path):

@@ -11,23 +11,20 @@ from typing import Any
 
 from mistralrs.errors import ModelFormatError
 from mistralrs.layers import rope_parameters_from_hf
-from mistralrs.loading.config import eos_ids, gguf_rope_parameters, require
+from mistralrs.loading.config import (
+    DecoderDims,
+    decoder_dims,
+    eos_ids,
+    gguf_rope_parameters,
+)
 
 SLIDING = "sliding_attention"
 FULL = "full_attention"
 
 
 @dataclass
-class GemmaConfig:
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    head_dim: int
+class GemmaConfig(DecoderDims):
     rms_norm_eps: float
-    max_position_embeddings: int
     query_pre_attn_scalar: float
     """Attention scores are scaled by query_pre_attn_scalar ** -0.5."""
     rope: dict[str, Any]
@@ -70,34 +67,18 @@ def _hf_activation(raw: dict[str, Any]) -> str:
 
 def _common(raw: dict[str, Any], fmt: str) -> dict[str, Any]:
     """The fields every generation reads the same way; `rope` is the generic reading."""
+    dims = decoder_dims(raw, fmt, default_head_dim=256, default_context=8192)
     if fmt == "gguf":
-        heads = require(raw, "attention.head_count")
-        hidden = require(raw, "embedding_length")
         return dict(
-            vocab_size=require(raw, "vocab_size"),
-            hidden_size=hidden,
-            intermediate_size=require(raw, "feed_forward_length"),
-            num_hidden_layers=require(raw, "block_count"),
-            num_attention_heads=heads,
-            num_key_value_heads=raw.get("attention.head_count_kv", heads),
-            head_dim=raw.get("attention.key_length", hidden // heads),
+            **dims,
             rms_norm_eps=raw.get("attention.layer_norm_rms_epsilon", 1e-6),
-            max_position_embeddings=raw.get("context_length", 8192),
             rope=gguf_rope_parameters(raw),
         )
     if raw.get("use_bidirectional_attention"):
         raise NotImplementedError("bidirectional Gemma attention (EmbeddingGemma) is not supported")
-    heads = require(raw, "num_attention_heads")
     return dict(
-        vocab_size=require(raw, "vocab_size"),
-        hidden_size=require(raw, "hidden_size"),
-        intermediate_size=require(raw, "intermediate_size"),
-        num_hidden_layers=require(raw, "num_hidden_layers"),
-        num_attention_heads=heads,
-        num_key_value_heads=raw.get("num_key_value_heads") or heads,
-        head_dim=raw.get("head_dim") or 256,
+        **dims,
         rms_norm_eps=raw.get("rms_norm_eps", 1e-6),
-        max_position_embeddings=raw.get("max_position_embeddings", 8192),
         rope=rope_parameters_from_hf(raw),
         hidden_act=_hf_activation(raw),
         tie_word_embeddings=raw.get("tie_word_embeddings", True),

@@ -5,10 +5,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from mistralrs import CompletionRequest, Runner, Which
 from mistralrs.engine.scoring import score
 from mistralrs.loading.model_loader import load_plain
-from hf_reference import incremental_reference
+from hf_reference import check_greedy_matches_generate, incremental_reference
 from tiny_models import save_hf_model
 
 ROPE_VARIANTS = {
@@ -51,14 +50,4 @@ def test_logits_match_transformers_on_prefill_and_cached_decode(tmp_path, tie, r
 @pytest.mark.parametrize("tie", [True, False])
 def test_greedy_generation_matches_transformers_generate(tmp_path, tie):
     reference, path = tiny_llama(tmp_path, tie, "default", seed=3, max_positions=64)
-    prompt = [256, 72, 101, 108, 108, 111]
-    with torch.no_grad():
-        generated = reference.generate(torch.tensor([prompt]), max_new_tokens=32, do_sample=False)
-    expected = generated[0, len(prompt):].tolist()
-    runner = Runner(Which.Plain(model_id=str(path)), progress=False)
-    try:
-        out = runner.engine.submit(prompt, CompletionRequest(
-            prompt, max_tokens=32, temperature=0).sampling_params()).result()
-    finally:
-        runner.shutdown()
-    assert out.choices[0].token_ids == expected
+    check_greedy_matches_generate(reference, path)

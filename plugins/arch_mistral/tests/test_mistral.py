@@ -8,12 +8,11 @@ import pytest
 import torch
 from transformers import MistralConfig, MistralForCausalLM, MixtralConfig, MixtralForCausalLM
 
-from mistralrs import CompletionRequest, Runner, Which
 from mistralrs.engine.scoring import score
 from mistralrs.errors import ModelFormatError
 from mistralrs.loading.model_loader import load_plain
 from mistralrs_arch_mistral.config import parse_config
-from hf_reference import incremental_reference
+from hf_reference import check_greedy_matches_generate, incremental_reference
 from tiny_models import save_hf_model
 
 ARCHS = ["Mistral", "Mixtral"]
@@ -64,17 +63,7 @@ def test_sliding_window_changes_the_logits(tmp_path):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_greedy_generation_matches_transformers_generate(tmp_path, arch):
     reference, path = tiny_model(tmp_path, arch, seed=3)
-    prompt = [256, 72, 101, 108, 108, 111]
-    with torch.no_grad():
-        generated = reference.generate(torch.tensor([prompt]), max_new_tokens=32, do_sample=False)
-    expected = generated[0, len(prompt):].tolist()
-    runner = Runner(Which.Plain(model_id=str(path)), progress=False)
-    try:
-        out = runner.engine.submit(prompt, CompletionRequest(
-            prompt, max_tokens=32, temperature=0).sampling_params()).result()
-    finally:
-        runner.shutdown()
-    assert out.choices[0].token_ids == expected
+    check_greedy_matches_generate(reference, path)
 
 
 @pytest.mark.parametrize("raw, fmt", [
