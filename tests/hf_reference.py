@@ -89,12 +89,15 @@ def check_gguf_against_safetensors(model, gguf_dir, gguf_name: str, architecture
     """`model` (transformers, holding the weights a GGUF reader should reconstruct) saved as
     safetensors in `hf_dir` and already written as GGUF `gguf_dir/gguf_name`: the GGUF loads as
     `architecture`, and its logits (prefill then cached decode) are within 1e-4 of the
-    safetensors path and of transformers."""
+    safetensors path and of transformers. The GGUF model runs the exact float32 references (the
+    native CPU kernels' int8 activations are checked elsewhere)."""
+    from mistralrs.kernels.cpu import reference_mode
     from mistralrs.loading.model_loader import load_gguf, load_plain
 
     options = dict(dtype=torch.float32, device=torch.device("cpu"), progress=False)
     safetensors = load_plain(str(save_hf_model(model, hf_dir)), **options)
-    gguf = load_gguf(str(gguf_dir), gguf_name, **options)
+    with reference_mode():
+        gguf = load_gguf(str(gguf_dir), gguf_name, **options)
     assert gguf.architecture.name == architecture
     ids = random_ids(30, seed=2)
     ours = score(gguf, ids, chunks=[20] + [1] * 10)

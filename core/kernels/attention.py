@@ -42,7 +42,7 @@ def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
     assert slot_mapping.dtype in (torch.int32, torch.int64), (
         f"slot_mapping must be int32 or int64; got {slot_mapping.dtype}")
     _check_last_dim_contiguous(k=k, v=v)
-    _implementation(k).store_kv(k, v, k_cache, v_cache, slot_mapping)
+    implementation(k).store_kv(k, v, k_cache, v_cache, slot_mapping)
 
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -61,7 +61,7 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     assert cu_seqlens_q.shape == (batch + 1,) and cu_seqlens_q.dtype == torch.int32, (
         f"cu_seqlens_q must be int32 [B+1={batch + 1}]; "
         f"got {cu_seqlens_q.dtype} {tuple(cu_seqlens_q.shape)}")
-    return _implementation(q).paged_attention(
+    return implementation(q).paged_attention(
         q, k_cache, v_cache, cu_seqlens_q, context_lens, block_tables, scale=scale,
         sliding_window=sliding_window, softcap=softcap, max_q_len=max_q_len)
 
@@ -77,12 +77,15 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     assert q.shape[0] == context_lens.shape[0], (
         f"decode takes one query row per sequence: {q.shape[0]} rows, "
         f"{context_lens.shape[0]} sequences")
-    return _implementation(q).paged_decode_attention(
+    return implementation(q).paged_decode_attention(
         q, k_cache, v_cache, context_lens, block_tables, scale=scale,
         sliding_window=sliding_window, softcap=softcap)
 
 
-def _implementation(tensor: torch.Tensor):
+def implementation(tensor: torch.Tensor):
+    """The module with the kernels for `tensor`'s device (same signatures as the functions
+    here, without their input checks: for the layers, which build the inputs themselves and
+    call the kernels every step of every layer)."""
     return attention_triton if tensor.is_cuda else attention_cpu
 
 

@@ -4,12 +4,15 @@ Decode batches the sequences: a few batched gathers of the cache blocks they nee
 followed by one attention call; prefill loops over sequences (and over chunks of long prompts,
 bounding the score matrix). The query heads that share a kv head are laid out as extra query
 rows of that kv head ("grouped rows"), so GQA never copies keys or values per query head.
-Everything is computed in fp32 whatever the cache dtype.
+Everything is computed in fp32 whatever the cache dtype. With float32 caches, storing and
+decode attention run as one native call each (`mistralrs.kernels.cpu.ops`).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from mistralrs.kernels.cpu import ops as cpu_ops
 
 QUERY_CHUNK = 1024
 """Prompt rows attended in one call: bounds the [rows, keys] score and mask matrices."""
@@ -21,6 +24,9 @@ multi-megabyte buffer is mmap'd and costs a page fault per 4 KiB, more than the 
 
 def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
              slot_mapping: torch.Tensor) -> None:
+    if cpu_ops.usable(k, v, k_cache, v_cache):
+        cpu_ops.store_kv(k, v, k_cache, v_cache, slot_mapping)
+        return
     keep = slot_mapping >= 0
     slots = slot_mapping[keep].long()
     block_size = k_cache.shape[1]
@@ -58,6 +64,10 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
                            softcap: float | None = None) -> torch.Tensor:
     """All sequences at once: each gathers the same number of blocks (enough for the longest
     needed key range, starting at its own first needed block) and masks what it does not use."""
+    if cpu_ops.usable(q, k_cache, v_cache):
+        return cpu_ops.paged_decode_attention(q, k_cache, v_cache, context_lens, block_tables,
+                                              scale=scale, sliding_window=sliding_window,
+                                              softcap=softcap)
     batch, num_q_heads, head_dim_k = q.shape
     block_size, num_kv_heads, head_dim_v = k_cache.shape[1], k_cache.shape[2], v_cache.shape[3]
     group = num_q_heads // num_kv_heads

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mistralrs.kernels.attention import paged_attention, paged_decode_attention, store_kv
+from mistralrs.kernels import attention as kernels
 from mistralrs.layers.batch import Batch
 
 
@@ -39,12 +39,14 @@ class Attention(nn.Module):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: Batch) -> torch.Tensor:
         """q [T, Hq, D], k [T, Hkv, D], v [T, Hkv, Dv] -> [T, Hq * Dv]."""
         k_cache, v_cache = batch.kv_caches[self.layer_index]
-        store_kv(k, v, k_cache, v_cache, batch.slot_mapping)
+        implementation = kernels.implementation(q)
+        implementation.store_kv(k, v, k_cache, v_cache, batch.slot_mapping)
         options = dict(scale=self.scale, sliding_window=self.sliding_window, softcap=self.softcap)
         if batch.is_decode:
-            out = paged_decode_attention(q, k_cache, v_cache, batch.context_lens,
-                                         batch.block_tables, **options)
+            out = implementation.paged_decode_attention(q, k_cache, v_cache, batch.context_lens,
+                                                        batch.block_tables, **options)
         else:
-            out = paged_attention(q, k_cache, v_cache, batch.cu_seqlens_q, batch.context_lens,
-                                  batch.block_tables, max_q_len=batch.max_q_len, **options)
+            out = implementation.paged_attention(q, k_cache, v_cache, batch.cu_seqlens_q,
+                                                 batch.context_lens, batch.block_tables,
+                                                 max_q_len=batch.max_q_len, **options)
         return out.reshape(q.shape[0], self.num_heads * self.v_head_dim)

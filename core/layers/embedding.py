@@ -5,7 +5,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mistralrs.kernels import cpu
 from mistralrs.kernels.gguf import dequantize
+from mistralrs.kernels.gguf.layout import as_qtype
 from mistralrs.kernels.gguf.packed import QuantizedTensor
 
 
@@ -38,5 +40,7 @@ class Embedding(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         if self.qweight is None:
             return F.embedding(input_ids, self.weight)
-        rows = dequantize(self.qweight[input_ids.reshape(-1)], self.qtype)
+        rows = cpu.dequantize_rows(self.qweight, as_qtype(self.qtype), input_ids)
+        if rows is None:
+            rows = dequantize(self.qweight[input_ids.reshape(-1)], self.qtype)
         return rows.to(self.dtype).reshape(*input_ids.shape, self.embedding_dim)

@@ -5,7 +5,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mistralrs.layers.linear import QuantLinear
+from mistralrs.kernels.cpu import ops as cpu_ops
+from mistralrs.layers.linear import FusedProjection, QuantLinear
 
 ACTIVATIONS = {
     "silu": F.silu,
@@ -34,9 +35,16 @@ class GatedMLP(nn.Module):
         self.up_proj = QuantLinear(hidden_size, intermediate_size, bias)
         self.down_proj = QuantLinear(intermediate_size, hidden_size, bias)
         self.act = activation(act)
+        self.act_name = act
+        self.gate_up = FusedProjection([self.gate_proj, self.up_proj])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """With `residual`, returns residual + the MLP output (see `QuantLinear`)."""
+        gate, up = self.gate_up(x)
+        if (gate.dim() == 2 and self.act_name in cpu_ops.ACTIVATIONS and cpu_ops.usable(gate, up)
+                and gate.stride(0) == up.stride(0)):
+            return self.down_proj(cpu_ops.gated_activation(gate, up, self.act_name), residual)
+        return self.down_proj(self.act(gate) * up, residual)
 
 
 class MLP(nn.Module):
@@ -50,5 +58,6 @@ class MLP(nn.Module):
         self.down_proj = QuantLinear(intermediate_size, hidden_size, bias)
         self.act = activation(act)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.up_proj(x)))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """With `residual`, returns residual + the MLP output (see `QuantLinear`)."""
+        return self.down_proj(self.act(self.up_proj(x)), residual)

@@ -5,6 +5,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mistralrs.kernels.cpu import ops as cpu_ops
+
 
 class RMSNorm(nn.Module):
     """x / rms(x) * w, computed in fp32. `unit_offset=True` scales by (1 + w), as Gemma does."""
@@ -16,10 +18,24 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.empty(dim), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if cpu_ops.usable(x, self.weight):
+            out = cpu_ops.rms_norm(x, self.weight, self.eps, self.unit_offset)
+            if out is not None:
+                return out
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         weight = self.weight.float() + 1.0 if self.unit_offset else self.weight.float()
         return (x32 * weight).to(x.dtype)
+
+    def add_and_norm(self, x: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x + delta, this norm of it). On the CPU one call, which writes the sum into x: the
+        caller must own x (a decoder layer's residual stream)."""
+        if cpu_ops.usable(x, delta, self.weight) and x.is_contiguous() and delta.is_contiguous():
+            out = cpu_ops.rms_norm(x, self.weight, self.eps, self.unit_offset, residual=delta)
+            if out is not None:
+                return x, out
+        x = x + delta
+        return x, self(x)
 
 
 class LayerNorm(nn.Module):

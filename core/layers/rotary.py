@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from mistralrs.errors import ModelFormatError
+from mistralrs.kernels.cpu import ops as cpu_ops
 from mistralrs.layers.batch import Batch
 
 
@@ -135,6 +136,16 @@ class RotaryEmbedding(nn.Module):
         """q [T, Hq, D], k [T, Hk, D] -> rotated q, k."""
         cos, sin = self.cos_sin(batch)
         return _rotate(q, cos, sin, self.rotary_dim), _rotate(k, cos, sin, self.rotary_dim)
+
+    def rotate_(self, q: torch.Tensor, k: torch.Tensor, batch: Batch) -> None:
+        """`forward`, writing the rotated q and k over the inputs (one native call each on the
+        CPU)."""
+        cos, sin = self.cos_sin(batch)
+        if cpu_ops.usable(q, k, cos, sin) and cos.is_contiguous() and sin.is_contiguous():
+            cpu_ops.rotary_(q, k, cos, sin, self.rotary_dim)
+            return
+        q.copy_(_rotate(q, cos, sin, self.rotary_dim))
+        k.copy_(_rotate(k, cos, sin, self.rotary_dim))
 
 
 def _token_sequence_lengths(batch: Batch) -> torch.Tensor:

@@ -10,7 +10,7 @@ from torch import nn
 
 from mistralrs.layers.attention import Attention
 from mistralrs.layers.batch import Batch
-from mistralrs.layers.linear import QuantLinear
+from mistralrs.layers.linear import FusedProjection, QuantLinear
 from mistralrs.layers.rotary import RotaryEmbedding
 
 
@@ -34,13 +34,17 @@ class SelfAttention(nn.Module):
         self.k_norm = qk_norm(attn.head_dim) if qk_norm else None
         self.rotary = rotary
         self.attn = attn
+        self.qkv = FusedProjection([self.q_proj, self.k_proj, self.v_proj])
 
-    def forward(self, x: torch.Tensor, batch: Batch) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, batch: Batch,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
+        """With `residual`, returns residual + the attention output (see `QuantLinear`)."""
         t, attn = x.shape[0], self.attn
-        q = self.q_proj(x).view(t, attn.num_heads, attn.head_dim)
-        k = self.k_proj(x).view(t, attn.num_kv_heads, attn.head_dim)
-        v = self.v_proj(x).view(t, attn.num_kv_heads, attn.v_head_dim)
+        q, k, v = self.qkv(x)
+        q = q.view(t, attn.num_heads, attn.head_dim)
+        k = k.view(t, attn.num_kv_heads, attn.head_dim)
+        v = v.view(t, attn.num_kv_heads, attn.v_head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary(q, k, batch)
-        return self.o_proj(attn(q, k, v, batch))
+        self.rotary.rotate_(q, k, batch)
+        return self.o_proj(attn(q, k, v, batch), residual)

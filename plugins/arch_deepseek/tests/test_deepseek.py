@@ -82,7 +82,7 @@ def test_kv_cache_holds_the_compressed_latent(tmp_path):
 def test_triton_attention_kernels_read_values_from_the_key_cache(tmp_path, monkeypatch):
     """The GPU path (Triton kernels, interpreted here) over the latent cache, whose value cache
     is a strided view into the key cache: prefill and decode against transformers."""
-    monkeypatch.setattr(attention, "_implementation", lambda tensor: attention_triton)
+    monkeypatch.setattr(attention, "implementation", lambda tensor: attention_triton)
     reference = tiny_deepseek("DeepseekV3")
     loaded = load_plain(str(save_hf_model(reference, tmp_path / "m")), **CPU)
     ids = torch.randint(0, 256, (12,), generator=torch.Generator().manual_seed(4)).tolist()

@@ -46,6 +46,7 @@ def tiny_model(name: str):
     return model
 
 
+@pytest.mark.usefixtures("reference_cpu_kernels")
 @pytest.mark.parametrize("qtype", [GGMLQuantizationType.F32, GGMLQuantizationType.Q8_0])
 @pytest.mark.parametrize("name", list(TINY))
 def test_gguf_gemma_matches_dequantized_reference(tmp_path, name, qtype):

@@ -14,6 +14,7 @@ from gguf_writer import write_llama_gguf
 
 @pytest.mark.parametrize("qtype", [GGMLQuantizationType.F32, GGMLQuantizationType.Q8_0,
                                    GGMLQuantizationType.Q4_0])
+@pytest.mark.usefixtures("reference_cpu_kernels")
 def test_gguf_llama_matches_dequantized_reference(tmp_path, qtype):
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=288, hidden_size=64, intermediate_size=128,

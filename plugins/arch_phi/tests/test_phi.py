@@ -138,6 +138,7 @@ def test_matches_transformers_on_prefill_cached_decode_and_greedy_generation(tmp
     assert greedy.choices[0].token_ids == generated
 
 
+@pytest.mark.usefixtures("reference_cpu_kernels")
 @pytest.mark.parametrize("kind", ["phi2", "phi3-sliding-tied-partial", "phi3-longrope", "phimoe"])
 def test_gguf_matches_dequantized_reference(tmp_path, kind):
     """GGUF files written as llama.cpp's converter does (Q8_0 matrices, Phi-3's fused qkv and

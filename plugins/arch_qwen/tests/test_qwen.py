@@ -57,6 +57,7 @@ def test_sliding_layers_from_transformers4_keys(use_sliding_window):
     assert parse_qwen2(raw, "hf").sliding_windows == expected
 
 
+@pytest.mark.usefixtures("reference_cpu_kernels")
 @pytest.mark.parametrize("arch, tie", [("qwen2", False), ("qwen3", True)])
 def test_gguf_matches_dequantized_reference(tmp_path, arch, tie):
     """GGUF files written as llama.cpp's converter does (q/k rows unpermuted, Q8_0 matrices, no

@@ -36,6 +36,7 @@ def test_matches_transformers_on_prefill_cached_decode_and_greedy_generation(tmp
     check_against_transformers(tiny_starcoder2(kind), tmp_path / kind, "Starcoder2")
 
 
+@pytest.mark.usefixtures("reference_cpu_kernels")
 def test_gguf_matches_dequantized_reference(tmp_path):
     """A GGUF file written as llama.cpp's converter does (q/k rows unpermuted, Q8_0 matrices,
     no output tensor), plus the sliding window, against transformers running the weights

@@ -1,0 +1,352 @@
+/* The small float32 operations of a decoder step on the CPU, each one call instead of the
+ * handful of torch ops it would take (a decode step is bound by per-call overhead, not by
+ * arithmetic): RMSNorm with the residual add folded in, rotary embedding in place, the gated
+ * activation of an MLP, and attention of one query row per sequence over the paged KV cache.
+ * Strides are in elements; every function computes what its torch reference in
+ * `mistralrs.kernels.cpu.ops` computes, up to float summation order.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "threads.h"
+
+#define MRS_DECODE_MAX_SPLITS 8
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+/* sum a[i] * b[i] and o[i] += p * v[i], vectorized explicitly: the compiler's own vectorized
+ * reductions pay a prologue and epilogue on every call, which is most of the cost at head
+ * sizes of 64 to 256. */
+static inline float dot(const float *a, const float *b, int n) {
+    int i = 0;
+    float s = 0.0f;
+#if defined(__AVX512F__)
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    for (; i + 32 <= n; i += 32) {
+        acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), acc1);
+    }
+    if (i + 16 <= n) {
+        acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc0);
+        i += 16;
+    }
+    s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+#endif
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+/* o[i] += sum_j p[j] * v[j][i] over n <= 4 rows v[j]: one load and store of o per four rows
+ * (a store per row would chain every row on the one before through memory). */
+static inline void axpy4(float *o, const float *p, const float *const *v, int rows, int n) {
+    int i = 0;
+#if defined(__AVX512F__)
+    if (rows == 4) {
+        const __m512 p0 = _mm512_set1_ps(p[0]), p1 = _mm512_set1_ps(p[1]);
+        const __m512 p2 = _mm512_set1_ps(p[2]), p3 = _mm512_set1_ps(p[3]);
+        for (; i + 16 <= n; i += 16) {
+            __m512 a = _mm512_fmadd_ps(p0, _mm512_loadu_ps(v[0] + i), _mm512_loadu_ps(o + i));
+            __m512 b = _mm512_mul_ps(p1, _mm512_loadu_ps(v[1] + i));
+            a = _mm512_fmadd_ps(p2, _mm512_loadu_ps(v[2] + i), a);
+            b = _mm512_fmadd_ps(p3, _mm512_loadu_ps(v[3] + i), b);
+            _mm512_storeu_ps(o + i, _mm512_add_ps(a, b));
+        }
+    }
+#endif
+    for (; i < n; i++) {
+        float s = o[i];
+        for (int j = 0; j < rows; j++) s += p[j] * v[j][i];
+        o[i] = s;
+    }
+}
+
+/* p[j] = exp(s[j] - shift) for j < n, and their sum. AVX-512: Cephes' expf polynomial
+ * (range reduction by ln 2 in two parts, degree-5 polynomial, 2^n by exponent bits), within a
+ * few ulp of libm. */
+static float exp_shifted(const float *s, float shift, float *p, int n) {
+    int j = 0;
+    float total = 0.0f;
+#if defined(__AVX512F__)
+    const __m512 log2e = _mm512_set1_ps(1.44269504088896341f), c1 = _mm512_set1_ps(0.693359375f),
+                 c2 = _mm512_set1_ps(-2.12194440e-4f), lo = _mm512_set1_ps(-87.3f);
+    __m512 sum = _mm512_setzero_ps();
+    for (; j + 16 <= n; j += 16) {
+        __m512 x = _mm512_max_ps(_mm512_sub_ps(_mm512_loadu_ps(s + j), _mm512_set1_ps(shift)), lo);
+        __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        x = _mm512_fnmadd_ps(k, c1, x);
+        x = _mm512_fnmadd_ps(k, c2, x);
+        __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+        y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.3981999507e-3f));
+        y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(8.3334519073e-3f));
+        y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(4.1665795894e-2f));
+        y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.6666665459e-1f));
+        y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(5.0000001201e-1f));
+        y = _mm512_fmadd_ps(y, _mm512_mul_ps(x, x), _mm512_add_ps(x, _mm512_set1_ps(1.0f)));
+        y = _mm512_scalef_ps(y, k);
+        _mm512_storeu_ps(p + j, y);
+        sum = _mm512_add_ps(sum, y);
+    }
+    total = _mm512_reduce_add_ps(sum);
+#endif
+    for (; j < n; j++) total += p[j] = expf(s[j] - shift);
+    return total;
+}
+
+/* Rows [first, last) of part `part` of `parts`. */
+#define PART_RANGE(n, part, parts, first, last) \
+    const long long first = (long long)(n) * (part) / (parts), last = (long long)(n) * ((part) + 1) / (parts)
+
+/* Row r of x sits at x + (r / inner) * x_outer + (r % inner) * x_inner (rows of [T, H, D] views
+ * as well as of [T, D]). With `residual` set (rows residual_stride apart), x += residual first,
+ * in place. Then out[r] = x / sqrt(mean(x^2) + eps) * (w or 1 + w), out contiguous. */
+typedef struct {
+    float *x;
+    long long x_outer, x_inner;
+    int inner;
+    const float *residual;
+    long long residual_stride;
+    const float *w;
+    int unit_offset;
+    float *out;
+    long long rows;
+    int dim;
+    float eps;
+} rms_norm_ctx;
+
+static void rms_norm_part(void *arg, int part, int parts) {
+    const rms_norm_ctx *c = arg;
+    const int dim = c->dim;
+    PART_RANGE(c->rows, part, parts, first, last);
+    for (long long r = first; r < last; r++) {
+        float *xr = c->x + (r / c->inner) * c->x_outer + (r % c->inner) * c->x_inner;
+        float *o = c->out + r * dim;
+        if (c->residual) {
+            const float *res = c->residual + r * c->residual_stride;
+#pragma omp simd
+            for (int i = 0; i < dim; i++) xr[i] += res[i];
+        }
+        float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
+        for (int i = 0; i < dim; i++) ss += xr[i] * xr[i];
+        const float inv = 1.0f / sqrtf(ss / (float)dim + c->eps);
+#pragma omp simd
+        for (int i = 0; i < dim; i++) o[i] = xr[i] * inv * (c->unit_offset ? c->w[i] + 1.0f : c->w[i]);
+    }
+}
+
+void mrs_rms_norm(float *x, long long x_outer, long long x_inner, int inner,
+                  const float *residual, long long residual_stride, const float *w,
+                  int unit_offset, float *out, long long rows, int dim, float eps, int nthreads) {
+    rms_norm_ctx c = {x, x_outer, x_inner, inner, residual, residual_stride, w, unit_offset, out,
+                      rows, dim, eps};
+    mrs_parallel(rms_norm_part, &c, rows * dim > (1 << 16) ? nthreads : 1);
+}
+
+/* Rotate-half rotary embedding of the first `rotary_dim` features of every head, in place, for
+ * q [T, Hq, D] and k [T, Hk, D] (strides per token and per head); cos, sin [T, rotary_dim / 2]. */
+static void rotate_heads(float *x, long long h_stride, int heads, int half, const float *c,
+                         const float *s) {
+    for (int h = 0; h < heads; h++) {
+        float *x1 = x + h * h_stride, *x2 = x1 + half;
+#pragma omp simd
+        for (int i = 0; i < half; i++) {
+            const float a = x1[i], b = x2[i];
+            x1[i] = a * c[i] - b * s[i];
+            x2[i] = b * c[i] + a * s[i];
+        }
+    }
+}
+
+void mrs_rotary(float *q, long long q_t, long long q_h, int q_heads, float *k, long long k_t,
+                long long k_h, int k_heads, long long tokens, int rotary_dim, const float *cos,
+                const float *sin) {
+    const int half = rotary_dim / 2;
+    for (long long t = 0; t < tokens; t++) {
+        rotate_heads(q + t * q_t, q_h, q_heads, half, cos + t * half, sin + t * half);
+        rotate_heads(k + t * k_t, k_h, k_heads, half, cos + t * half, sin + t * half);
+    }
+}
+
+enum { ACT_SILU = 0, ACT_GELU_TANH = 1, ACT_GELU = 2 };
+
+static float activate(float x, int act) {
+    switch (act) {
+    case ACT_SILU: return x / (1.0f + expf(-x));
+    case ACT_GELU_TANH: return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+    default: return 0.5f * x * (1.0f + erff(x * 0.7071067811865476f));
+    }
+}
+
+/* out [rows, inter] = act(gate) * up, gate and up [rows, inter] with one row stride. */
+typedef struct {
+    const float *gate, *up;
+    long long in_stride, rows;
+    int inter, act;
+    float *out;
+} gated_ctx;
+
+static void gated_part(void *arg, int part, int parts) {
+    const gated_ctx *c = arg;
+    PART_RANGE(c->rows, part, parts, first, last);
+    for (long long r = first; r < last; r++) {
+        const float *g = c->gate + r * c->in_stride, *u = c->up + r * c->in_stride;
+        float *o = c->out + r * c->inter;
+        for (int i = 0; i < c->inter; i++) o[i] = activate(g[i], c->act) * u[i];
+    }
+}
+
+void mrs_gated_activation(const float *gate, const float *up, long long in_stride,
+                          long long rows, int inter, int act, float *out, int nthreads) {
+    gated_ctx c = {gate, up, in_stride, rows, inter, act, out};
+    mrs_parallel(gated_part, &c, rows * inter > (1 << 16) ? nthreads : 1);
+}
+
+/* Attention of one query row per sequence over the paged cache: q [B, Hq, Dk] (strides q_b,
+ * q_h); k_cache [blocks, block_size, Hkv, .] and v_cache likewise, with strides (cache_block,
+ * cache_slot, cache_head) in elements each (v may be a view into k); sequence b attends to
+ * positions [first, context_lens[b]) with first = context - window when a window is set;
+ * scores are q.k * scale, soft-capped when softcap > 0. out [B, Hq, Dv] (contiguous).
+ *
+ * Work items are (sequence, kv head, slice of the positions): one item serves every query head
+ * of its kv head (each key and value row is read once for the group), and long contexts are
+ * split into slices so that a single sequence keeps every thread busy. Each item keeps an
+ * online softmax (running max, sum and weighted values); the slices are merged at the end. */
+#define CHUNK 128
+typedef struct {
+    const float *q;
+    long long q_b, q_h;
+    const float *k_cache;
+    long long kb, ks, kh;
+    const float *v_cache;
+    long long vb, vs, vh;
+    const int32_t *context_lens, *block_tables;
+    long long table_stride;
+    int kv_heads, group, dk, dv, block_size, window, splits;
+    float scale, softcap;
+    float *partial; /* [B * Hkv][splits][group][2 + dv]: max, sum, weighted values */
+    long long items;
+} decode_ctx;
+
+static float *partial_of(const decode_ctx *c, long long task, int split, int g) {
+    return c->partial + ((task * c->splits + split) * c->group + g) * (2 + c->dv);
+}
+
+static void decode_part(void *arg, int part, int parts) {
+    const decode_ctx *c = arg;
+    const int dk = c->dk, dv = c->dv, bs = c->block_size, group = c->group;
+    float scores[group][CHUNK];
+    PART_RANGE(c->items, part, parts, first_item, last_item);
+    for (long long item = first_item; item < last_item; item++) {
+        const long long task = item / c->splits;
+        const int split = (int)(item % c->splits);
+        const int b = (int)(task / c->kv_heads), kvh = (int)(task % c->kv_heads);
+        const int context = c->context_lens[b];
+        const int first = c->window > 0 && context > c->window ? context - c->window : 0;
+        const int lo = first + (int)((long long)(context - first) * split / c->splits);
+        const int hi = first + (int)((long long)(context - first) * (split + 1) / c->splits);
+        const int32_t *table = c->block_tables + b * c->table_stride;
+        const float *k_head = c->k_cache + kvh * c->kh, *v_head = c->v_cache + kvh * c->vh;
+        const float *q0 = c->q + b * c->q_b + (long long)kvh * group * c->q_h;
+        for (int g = 0; g < group; g++) {
+            float *st = partial_of(c, task, split, g);
+            st[0] = -INFINITY;
+            st[1] = 0.0f;
+            memset(st + 2, 0, sizeof(float) * dv);
+        }
+        for (int start = lo; start < hi; start += CHUNK) {
+            const int n = hi - start < CHUNK ? hi - start : CHUNK;
+            /* positions walk the block table: one division per chunk, not per position */
+            for (int j = 0, blk = start / bs, off = start % bs; j < n; j++) {
+                const float *k = k_head + table[blk] * c->kb + off * c->ks;
+                for (int g = 0; g < group; g++) {
+                    float sc = dot(q0 + g * c->q_h, k, dk) * c->scale;
+                    scores[g][j] = c->softcap > 0.0f ? c->softcap * tanhf(sc / c->softcap) : sc;
+                }
+                if (++off == bs) { off = 0; blk++; }
+            }
+            for (int g = 0; g < group; g++) {
+                float *st = partial_of(c, task, split, g), *o = st + 2, chunk_max = -INFINITY;
+                for (int j = 0; j < n; j++) chunk_max = scores[g][j] > chunk_max ? scores[g][j] : chunk_max;
+                const float new_max = chunk_max > st[0] ? chunk_max : st[0];
+                const float rescale = expf(st[0] - new_max);
+                if (rescale != 1.0f)
+                    for (int i = 0; i < dv; i++) o[i] *= rescale;
+                st[1] = st[1] * rescale + exp_shifted(scores[g], new_max, scores[g], n);
+                st[0] = new_max;
+            }
+            const float *rows[4];
+            for (int j = 0, blk = start / bs, off = start % bs; j < n; j += 4) {
+                const int count = n - j < 4 ? n - j : 4;
+                for (int r = 0; r < count; r++) {
+                    rows[r] = v_head + table[blk] * c->vb + off * c->vs;
+                    if (++off == bs) { off = 0; blk++; }
+                }
+                for (int g = 0; g < group; g++)
+                    axpy4(partial_of(c, task, split, g) + 2, scores[g] + j, rows, count, dv);
+            }
+        }
+    }
+}
+
+void mrs_paged_decode_attention(const float *q, long long q_b, long long q_h,
+                                const float *k_cache, long long kb, long long ks, long long kh,
+                                const float *v_cache, long long vb, long long vs, long long vh,
+                                const int32_t *context_lens, const int32_t *block_tables,
+                                long long table_stride, int batch, int q_heads, int kv_heads,
+                                int dk, int dv, int block_size, float scale, int window,
+                                float softcap, float *out, float *partial, int nthreads) {
+    decode_ctx c = {q, q_b, q_h, k_cache, kb, ks, kh, v_cache, vb, vs, vh, context_lens,
+                    block_tables, table_stride, kv_heads, q_heads / kv_heads, dk, dv, block_size,
+                    window, 1, scale, softcap, partial, 0};
+    const long long tasks = (long long)batch * kv_heads;
+    int longest = 0;
+    for (int b = 0; b < batch; b++) longest = context_lens[b] > longest ? context_lens[b] : longest;
+    while (tasks * c.splits < 2 * nthreads && c.splits < MRS_DECODE_MAX_SPLITS
+           && longest / (2 * c.splits) >= 64)
+        c.splits *= 2;
+    c.items = tasks * c.splits;
+    mrs_parallel(decode_part, &c, c.items > 1 ? nthreads : 1);
+    for (long long task = 0; task < tasks; task++)
+        for (int g = 0; g < c.group; g++) {
+            float m = -INFINITY, total = 0.0f;
+            for (int s = 0; s < c.splits; s++) {
+                const float sm = partial_of(&c, task, s, g)[0];
+                m = sm > m ? sm : m;
+            }
+            float *o = out + (task * c.group + g) * dv;
+            memset(o, 0, sizeof(float) * dv);
+            for (int s = 0; s < c.splits; s++) {
+                const float *st = partial_of(&c, task, s, g);
+                if (st[1] == 0.0f) continue;
+                const float w = expf(st[0] - m);
+                total += st[1] * w;
+                for (int i = 0; i < dv; i++) o[i] += w * st[2 + i];
+            }
+            const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+            for (int i = 0; i < dv; i++) o[i] *= inv;
+        }
+}
+
+/* Floats of scratch `partial` that mrs_paged_decode_attention needs. */
+long long mrs_decode_attention_scratch(int batch, int q_heads, int dv) {
+    return (long long)batch * q_heads * MRS_DECODE_MAX_SPLITS * (2 + dv);
+}
+
+/* Write token t's key and value rows into cache slot slots[t] (skipping negative slots). */
+void mrs_store_kv(const float *k, long long k_t, long long k_h, const float *v, long long v_t,
+                  long long v_h, float *k_cache, long long kb, long long ks, long long kh,
+                  float *v_cache, long long vb, long long vs, long long vh, const int64_t *slots,
+                  long long tokens, int kv_heads, int dk, int dv, int block_size) {
+    for (long long t = 0; t < tokens; t++) {
+        const int64_t slot = slots[t];
+        if (slot < 0) continue;
+        const long long blk = slot / block_size, off = slot % block_size;
+        for (int h = 0; h < kv_heads; h++) {
+            memcpy(k_cache + blk * kb + off * ks + h * kh, k + t * k_t + h * k_h, sizeof(float) * dk);
+            memcpy(v_cache + blk * vb + off * vs + h * vh, v + t * v_t + h * v_h, sizeof(float) * dv);
+        }
+    }
+}

@@ -1,0 +1,701 @@
+/* Quantized matmul for the CPU: y = x @ W.T with W in GGUF blocks and x in float32.
+ *
+ * The weights are repacked once (at load) into records of 16 rows x 32 columns, so that one
+ * AVX-512 register holds 4 consecutive quants of each of the 16 rows: a VNNI dot-product
+ * instruction then advances 16 output rows by 4 columns at once, the output rows land in the
+ * lanes (no horizontal sums), and the per-block float scaling is one multiply-add per 16 rows.
+ * The activations are quantized per 32 columns to int8 (scale = max|x| / 127), as llama.cpp
+ * does, so every dot product of 32 is exact in int32 before one float scaling.
+ *
+ * Every supported type is stored as unsigned codes u (0 <= u < 2^bits) with, per sub-block of
+ * `sub` (16 or 32) columns, a scale d and either an integer offset c or a float min m:
+ *     w = d * (u + c)      or      w = d * u + m
+ * which reproduces gguf-py's float arithmetic exactly (d and m are products of the file's own
+ * fields, formed in float32 in the same order).
+ *
+ * A record (one group g of 16 rows, one block b of 32 columns) holds, in order:
+ *   codes:  bits == 8: 512 bytes, chunk c (columns 4c..4c+3) of lane j at byte 64c + 4j + i;
+ *           4 <= bits < 8: 256 bytes of nibbles, byte 64p + 4j + i = chunk p (low nibble) and
+ *           chunk p + 4 (high nibble), i.e. columns 4p + i and 16 + 4p + i;
+ *           bits < 4: none.
+ *   planes: the code bits above the nibble (or all bits, for bits < 4), one 64-bit mask per
+ *           chunk and plane: bit 4j + i of mask [c][p] is that bit of column 4c + i of lane j.
+ *   scales: per sub-block h, 16 lanes of d (fp16 for the legacy types, whose fields are fp16,
+ *           fp32 for the K-quants, whose d is a product), then as many of m when the type has one.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "threads.h"
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
+#define MRS_VNNI 1
+#include <immintrin.h>
+#else
+#define MRS_VNNI 0
+#endif
+
+#define LANES 16
+#define BLOCK 32
+
+/* GGML type ids. */
+enum {
+    T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8,
+    T_Q2_K = 10, T_Q3_K = 11, T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14, T_Q8_K = 15,
+};
+
+typedef struct {
+    int bits, sub, has_min, f16, offset;
+    int block_bytes, block_elems; /* of the GGUF type */
+} layout_t;
+
+static int layout_of(int qtype, layout_t *l) {
+    static const struct { int qtype; layout_t l; } table[] = {
+        {T_Q4_0, {4, 32, 0, 1, -8, 18, 32}},
+        {T_Q4_1, {4, 32, 1, 1, 0, 20, 32}},
+        {T_Q5_0, {5, 32, 0, 1, -16, 22, 32}},
+        {T_Q5_1, {5, 32, 1, 1, 0, 24, 32}},
+        {T_Q8_0, {8, 32, 0, 1, -128, 34, 32}},
+        {T_Q2_K, {2, 16, 1, 0, 0, 84, 256}},
+        {T_Q3_K, {3, 16, 0, 0, -4, 110, 256}},
+        {T_Q4_K, {4, 32, 1, 0, 0, 144, 256}},
+        {T_Q5_K, {5, 32, 1, 0, 0, 176, 256}},
+        {T_Q6_K, {6, 16, 0, 0, -32, 210, 256}},
+        {T_Q8_K, {8, 32, 0, 0, -128, 292, 256}},
+    };
+    for (unsigned i = 0; i < sizeof table / sizeof table[0]; i++)
+        if (table[i].qtype == qtype) { *l = table[i].l; return 1; }
+    return 0;
+}
+
+static int code_bytes(const layout_t *l) { return l->bits == 8 ? 512 : (l->bits >= 4 ? 256 : 0); }
+static int num_planes(const layout_t *l) { return l->bits == 8 ? 0 : (l->bits >= 4 ? l->bits - 4 : l->bits); }
+static int scale_bytes(const layout_t *l) {
+    return (BLOCK / l->sub) * LANES * (l->f16 ? 2 : 4) * (1 + l->has_min);
+}
+static int record_bytes(const layout_t *l) {
+    return code_bytes(l) + 64 * num_planes(l) + scale_bytes(l);
+}
+
+/* ---- reading one GGUF block of 32 columns: codes u[32], and per sub-block d, m ---------- */
+
+static float fp16_to_fp32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 31, man = h & 1023, bits;
+    if (exp == 31) bits = sign | 0x7f800000u | (man << 13);
+    else if (exp) bits = sign | ((exp + 112) << 23) | (man << 13);
+    else if (!man) bits = sign;
+    else { /* subnormal: normalize */
+        exp = 113;
+        while (!(man & 1024)) { man <<= 1; exp--; }
+        bits = sign | (exp << 23) | ((man & 1023) << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static uint16_t rd16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+static uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+
+static void scale_min_k4(int j, const uint8_t *s, int *sc, int *mn) {
+    if (j < 4) { *sc = s[j] & 63; *mn = s[j + 4] & 63; }
+    else {
+        *sc = (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4);
+        *mn = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+    }
+}
+
+/* Block b (32 columns) of a row. d16/m16: the raw fp16 fields (legacy types); d/m: float per
+ * sub-block (K-quants). */
+static void read_block(int qtype, const uint8_t *row, int b, uint8_t u[BLOCK],
+                       uint16_t *d16, uint16_t *m16, float d[2], float m[2]) {
+    const uint8_t *x;
+    int i;
+    switch (qtype) {
+    case T_Q4_0:
+    case T_Q4_1: {
+        int head = qtype == T_Q4_0 ? 2 : 4;
+        x = row + (size_t)b * (head + 16);
+        *d16 = rd16(x);
+        if (qtype == T_Q4_1) *m16 = rd16(x + 2);
+        for (i = 0; i < 16; i++) { u[i] = x[head + i] & 15; u[i + 16] = x[head + i] >> 4; }
+        return;
+    }
+    case T_Q5_0:
+    case T_Q5_1: {
+        int head = qtype == T_Q5_0 ? 2 : 4;
+        x = row + (size_t)b * (head + 20);
+        *d16 = rd16(x);
+        if (qtype == T_Q5_1) *m16 = rd16(x + 2);
+        uint32_t qh = rd32(x + head);
+        const uint8_t *qs = x + head + 4;
+        for (i = 0; i < 16; i++) {
+            u[i] = (qs[i] & 15) | (((qh >> i) & 1) << 4);
+            u[i + 16] = (qs[i] >> 4) | (((qh >> (i + 16)) & 1) << 4);
+        }
+        return;
+    }
+    case T_Q8_0:
+        x = row + (size_t)b * 34;
+        *d16 = rd16(x);
+        for (i = 0; i < 32; i++) u[i] = x[2 + i] ^ 0x80;
+        return;
+    case T_Q8_K:
+        x = row + (size_t)(b / 8) * 292;
+        memcpy(&d[0], x, 4);
+        for (i = 0; i < 32; i++) u[i] = x[4 + (b % 8) * 32 + i] ^ 0x80;
+        return;
+    case T_Q4_K:
+    case T_Q5_K: {
+        int j = b % 8, sc, mn;
+        x = row + (size_t)(b / 8) * (qtype == T_Q4_K ? 144 : 176);
+        float dall = fp16_to_fp32(rd16(x)), dmin = fp16_to_fp32(rd16(x + 2));
+        scale_min_k4(j, x + 4, &sc, &mn);
+        d[0] = dall * (float)sc;
+        m[0] = -(dmin * (float)mn);
+        const uint8_t *qs = x + (qtype == T_Q4_K ? 16 : 48) + 32 * (j / 2);
+        for (i = 0; i < 32; i++) {
+            u[i] = (j & 1) ? qs[i] >> 4 : qs[i] & 15;
+            if (qtype == T_Q5_K) u[i] |= ((x[16 + i] >> j) & 1) << 4;
+        }
+        return;
+    }
+    case T_Q6_K: {
+        int n = (b % 8) / 4, r = b % 4;
+        x = row + (size_t)(b / 8) * 210;
+        float dall = fp16_to_fp32(rd16(x + 208));
+        const int8_t *sc = (const int8_t *)(x + 192) + 8 * n + 2 * r;
+        d[0] = dall * (float)sc[0];
+        d[1] = dall * (float)sc[1];
+        const uint8_t *ql = x + 64 * n + 32 * (r & 1), *qh = x + 128 + 32 * n;
+        for (i = 0; i < 32; i++)
+            u[i] = ((r < 2 ? ql[i] & 15 : ql[i] >> 4)) | (((qh[i] >> (2 * r)) & 3) << 4);
+        return;
+    }
+    case T_Q2_K: {
+        int n = (b % 8) / 4, j = b % 4;
+        x = row + (size_t)(b / 8) * 84;
+        float dall = fp16_to_fp32(rd16(x + 80)), dmin = fp16_to_fp32(rd16(x + 82));
+        for (int h = 0; h < 2; h++) {
+            int s = x[8 * n + 2 * j + h];
+            d[h] = dall * (float)(s & 15);
+            m[h] = -(dmin * (float)(s >> 4));
+        }
+        for (i = 0; i < 32; i++) u[i] = (x[16 + 32 * n + i] >> (2 * j)) & 3;
+        return;
+    }
+    case T_Q3_K: {
+        int n = (b % 8) / 4, j = b % 4;
+        x = row + (size_t)(b / 8) * 110;
+        float dall = fp16_to_fp32(rd16(x + 108));
+        const uint8_t *s = x + 96;
+        for (int h = 0; h < 2; h++) {
+            int k = 8 * n + 2 * j + h;
+            int low = k < 8 ? s[k] & 15 : s[k - 8] >> 4;
+            int high = (s[8 + k % 4] >> (2 * (k / 4))) & 3;
+            d[h] = dall * (float)((low | (high << 4)) - 32);
+        }
+        for (i = 0; i < 32; i++)
+            u[i] = ((x[32 + 32 * n + i] >> (2 * j)) & 3) | (((x[i] >> (b % 8)) & 1) << 2);
+        return;
+    }
+    }
+}
+
+/* ---- repacking ------------------------------------------------------------------------ */
+
+long long mrs_repacked_bytes(int qtype, long long n, long long k) {
+    layout_t l;
+    if (!layout_of(qtype, &l) || k % l.block_elems) return -1;
+    return ((n + LANES - 1) / LANES) * (k / BLOCK) * record_bytes(&l);
+}
+
+static void repack_record(int qtype, const layout_t *l, const uint8_t *src, long long row_bytes,
+                          long long n, int g, int b, uint8_t *rec) {
+    int np = num_planes(l), nsub = BLOCK / l->sub, es = l->f16 ? 2 : 4;
+    uint8_t *codes = rec, *planes = rec + code_bytes(l), *scales = planes + 64 * np;
+    uint64_t pl[8][4];
+    memset(rec, 0, record_bytes(l));
+    memset(pl, 0, sizeof pl);
+    for (int j = 0; j < LANES; j++) {
+        long long r = (long long)g * LANES + j;
+        if (r >= n) break; /* padding rows: zero codes and scales */
+        uint8_t u[BLOCK];
+        uint16_t d16 = 0, m16 = 0;
+        float d[2] = {0, 0}, m[2] = {0, 0};
+        read_block(qtype, src + r * row_bytes, b, u, &d16, &m16, d, m);
+        for (int c = 0; c < 8; c++)
+            for (int i = 0; i < 4; i++) {
+                int col = 4 * c + i, v = u[col];
+                if (l->bits == 8) codes[64 * c + 4 * j + i] = (uint8_t)v;
+                else if (l->bits >= 4) {
+                    codes[64 * (c % 4) + 4 * j + i] |= (uint8_t)((v & 15) << (c < 4 ? 0 : 4));
+                    v >>= 4;
+                }
+                if (l->bits != 8)
+                    for (int p = 0; p < np; p++)
+                        if ((v >> p) & 1) pl[c][p] |= 1ull << (4 * j + i);
+            }
+        for (int h = 0; h < nsub; h++) {
+            uint8_t *ds = scales + h * LANES * es, *ms = scales + (nsub + h) * LANES * es;
+            if (l->f16) {
+                memcpy(ds + 2 * j, &d16, 2);
+                if (l->has_min) memcpy(ms + 2 * j, &m16, 2);
+            } else {
+                float dv = l->sub == 32 ? d[0] : d[h], mv = l->sub == 32 ? m[0] : m[h];
+                memcpy(ds + 4 * j, &dv, 4);
+                if (l->has_min) memcpy(ms + 4 * j, &mv, 4);
+            }
+        }
+    }
+    for (int c = 0; c < 8; c++)
+        for (int p = 0; p < np; p++) memcpy(planes + 8 * (c * np + p), &pl[c][p], 8);
+}
+
+typedef struct {
+    int qtype;
+    layout_t l;
+    const uint8_t *src;
+    long long row_bytes, n, record;
+    int groups, blocks;
+    uint8_t *dst;
+} repack_ctx;
+
+static void repack_part(void *arg, int part, int parts) {
+    const repack_ctx *c = arg;
+    for (int g = (int)((long long)c->groups * part / parts);
+         g < (int)((long long)c->groups * (part + 1) / parts); g++)
+        for (int b = 0; b < c->blocks; b++)
+            repack_record(c->qtype, &c->l, c->src, c->row_bytes, c->n, g, b,
+                          c->dst + ((long long)g * c->blocks + b) * c->record);
+}
+
+/* src: n rows of GGUF blocks, row_bytes each; dst: mrs_repacked_bytes(...) bytes. */
+int mrs_repack(int qtype, const uint8_t *src, long long n, long long k, uint8_t *dst, int nthreads) {
+    repack_ctx c = {qtype, {0}, src, 0, n, 0, 0, 0, dst};
+    if (!layout_of(qtype, &c.l) || k % c.l.block_elems) return -1;
+    c.row_bytes = k / c.l.block_elems * c.l.block_bytes;
+    c.record = record_bytes(&c.l);
+    c.groups = (int)((n + LANES - 1) / LANES);
+    c.blocks = (int)(k / BLOCK);
+    mrs_parallel(repack_part, &c, nthreads);
+    return 0;
+}
+
+/* The weights a repacked matrix stands for, float32 [n, k] (the tests' view of a repack). */
+int mrs_dequantize_repacked(int qtype, const uint8_t *w, long long n, long long k, float *out) {
+    layout_t l;
+    if (!layout_of(qtype, &l) || k % l.block_elems) return -1;
+    int blocks = (int)(k / BLOCK), np = num_planes(&l), nsub = BLOCK / l.sub, es = l.f16 ? 2 : 4;
+    long long rb = record_bytes(&l);
+    for (long long r = 0; r < n; r++) {
+        int g = (int)(r / LANES), j = (int)(r % LANES);
+        for (int b = 0; b < blocks; b++) {
+            const uint8_t *rec = w + ((long long)g * blocks + b) * rb;
+            const uint8_t *codes = rec, *planes = rec + code_bytes(&l), *scales = planes + 64 * np;
+            for (int col = 0; col < BLOCK; col++) {
+                int c = col / 4, i = col % 4, v = 0, h = col / l.sub;
+                if (l.bits == 8) v = codes[64 * c + 4 * j + i];
+                else if (l.bits >= 4) v = (codes[64 * (c % 4) + 4 * j + i] >> (c < 4 ? 0 : 4)) & 15;
+                for (int p = 0; p < np; p++) {
+                    uint64_t mask;
+                    memcpy(&mask, planes + 8 * (c * np + p), 8);
+                    if ((mask >> (4 * j + i)) & 1) v |= 1 << (p + (l.bits >= 4 ? 4 : 0));
+                }
+                const uint8_t *ds = scales + h * LANES * es, *ms = scales + (nsub + h) * LANES * es;
+                float d, m = 0;
+                if (l.f16) {
+                    d = fp16_to_fp32(rd16(ds + 2 * j));
+                    if (l.has_min) m = fp16_to_fp32(rd16(ms + 2 * j));
+                } else {
+                    memcpy(&d, ds + 4 * j, 4);
+                    if (l.has_min) memcpy(&m, ms + 4 * j, 4);
+                }
+                out[r * k + (long long)b * BLOCK + col] =
+                    l.has_min ? d * (float)v + m : d * (float)(v + l.offset);
+            }
+        }
+    }
+    return 0;
+}
+
+/* Rows ids[i] of a GGUF matrix [n_rows, k], as float32 [n_ids, k] (embedding lookups).
+ * Returns -2, writing nothing, if an id is outside 0..n_rows-1. */
+int mrs_dequantize_rows(int qtype, const uint8_t *src, long long n_rows, long long k,
+                        const int64_t *ids, long long n_ids, float *out) {
+    layout_t l;
+    if (!layout_of(qtype, &l) || k % l.block_elems) return -1;
+    for (long long r = 0; r < n_ids; r++)
+        if (ids[r] < 0 || ids[r] >= n_rows) return -2;
+    const long long row_bytes = k / l.block_elems * l.block_bytes;
+    for (long long r = 0; r < n_ids; r++)
+        for (int b = 0; b < k / BLOCK; b++) {
+            uint8_t u[BLOCK];
+            uint16_t d16 = 0, m16 = 0;
+            float d[2] = {0, 0}, m[2] = {0, 0};
+            read_block(qtype, src + ids[r] * row_bytes, b, u, &d16, &m16, d, m);
+            if (l.f16) {
+                d[0] = d[1] = fp16_to_fp32(d16);
+                m[0] = m[1] = fp16_to_fp32(m16);
+            } else if (l.sub == 32) {
+                d[1] = d[0];
+                m[1] = m[0];
+            }
+            float *o = out + r * k + (long long)b * BLOCK;
+            for (int i = 0; i < BLOCK; i++) {
+                const int h = i / 16;
+                o[i] = l.has_min ? d[h] * (float)u[i] + m[h] : d[h] * (float)(u[i] + l.offset);
+            }
+        }
+    return 0;
+}
+
+/* ---- activations ---------------------------------------------------------------------- */
+/* One row of k columns quantized as llama.cpp quantizes the activations each weight type is
+ * multiplied with: the legacy types take Q8_0/Q8_1 (groups of 32, scale max|x| / 127 stored as
+ * fp16), the K-quants Q8_K (groups of 256, float32 scale). Stored: q int8 [k]; per block of 32
+ * the scale d and d * the block's code sum (fp16-rounded, as Q8_1's); per half block of 16 the
+ * code sum and d * it. */
+
+typedef struct {
+    int8_t *q;
+    float *d, *dsum32;
+    int32_t *sum16;
+    float *dsum16;
+} act_row_t;
+
+static long long act_row_bytes(long long k) { return k + (k / BLOCK) * 8 + (k / 16) * 8; }
+
+static act_row_t act_row(uint8_t *base, long long k, long long r) {
+    uint8_t *p = base + r * act_row_bytes(k);
+    const long long nb = k / BLOCK;
+    act_row_t a = {(int8_t *)p, (float *)(p + k), (float *)(p + k + 4 * nb),
+                   (int32_t *)(p + k + 8 * nb), (float *)(p + k + 8 * nb + 8 * nb)};
+    return a;
+}
+
+/* f rounded to the nearest fp16 value (ties to even), as a float. */
+static float round_fp16(float f) {
+    const float a = fabsf(f);
+    if (a < 6.103515625e-05f) return nearbyintf(f * 16777216.0f) / 16777216.0f; /* subnormal */
+    if (a >= 65520.0f) return copysignf(INFINITY, f);
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    x = (x + 0x0FFFu + ((x >> 13) & 1u)) & ~0x1FFFu;
+    memcpy(&f, &x, 4);
+    return f;
+}
+
+static void quantize_row(const float *x, long long k, int group, act_row_t a) {
+    for (long long g0 = 0; g0 < k; g0 += group) {
+        float amax = 0.0f, max = 0.0f;
+        for (int i = 0; i < group; i++)
+            if (fabsf(x[g0 + i]) > amax) { amax = fabsf(x[g0 + i]); max = x[g0 + i]; }
+        float d, id;
+        if (group == BLOCK) { /* Q8_0 */
+            d = amax / 127.0f;
+            id = d != 0.0f ? 1.0f / d : 0.0f;
+        } else { /* Q8_K */
+            id = amax != 0.0f ? -127.0f / max : 0.0f;
+            d = amax != 0.0f ? 1.0f / id : 0.0f;
+        }
+        for (long long b = g0 / BLOCK; b < (g0 + group) / BLOCK; b++) {
+            int32_t s32 = 0;
+            for (int h = 0; h < 2; h++) {
+                int32_t s = 0;
+                for (int i = 16 * h; i < 16 * h + 16; i++) {
+                    int v = (int)nearbyintf(x[b * BLOCK + i] * id);
+                    v = v > 127 ? 127 : v;
+                    a.q[b * BLOCK + i] = (int8_t)v;
+                    s += v;
+                }
+                a.sum16[2 * b + h] = s;
+                a.dsum16[2 * b + h] = d * (float)s;
+                s32 += s;
+            }
+            a.d[b] = group == BLOCK ? round_fp16(d) : d;
+            a.dsum32[b] = group == BLOCK ? round_fp16(d * (float)s32) : d * (float)s32;
+        }
+    }
+}
+
+/* The activation group (32 or 256) the kernels use with a weight type. */
+int mrs_activation_group(int qtype) {
+    layout_t l;
+    return layout_of(qtype, &l) ? (l.block_elems == 256 ? 256 : BLOCK) : -1;
+}
+
+/* For the tests: the quantized rows as floats (q * d). */
+void mrs_quantize_dequantize_rows(const float *x, long long m, long long k, int group, float *out,
+                                  uint8_t *scratch) {
+    for (long long r = 0; r < m; r++) {
+        act_row_t a = act_row(scratch, k, r);
+        quantize_row(x + r * k, k, group, a);
+        for (long long c = 0; c < k; c++) out[r * k + c] = (float)a.q[c] * a.d[c / BLOCK];
+    }
+}
+
+long long mrs_activation_bytes(long long m, long long k) { return m * act_row_bytes(k); }
+
+/* ---- the kernels: rows [m0, m0 + mt) of x against group g of one weight ---------------- */
+
+typedef struct {
+    int qtype;
+    int n;                /* output features (rows of W) */
+    const uint8_t *w;     /* repacked */
+    float *out;           /* y[:, n] for this weight: out[r * out_stride + col] */
+    long long out_stride;
+    int accumulate;       /* 1: out += x @ W.T (a residual add folded into the matmul) */
+} mrs_job;
+
+#define MT 4 /* rows of x per kernel call */
+
+#if MRS_VNNI
+static inline __attribute__((always_inline)) void tile_vnni(
+    const uint8_t *wg, int blocks, const layout_t *lp, const uint8_t *acts, long long k,
+    long long m0, int mt, float *out, long long out_stride, int cols, int accumulate) {
+    const layout_t l = *lp;
+    const int np = num_planes(&l), nsub = BLOCK / l.sub, es = l.f16 ? 2 : 4;
+    const long long rb = record_bytes(&l);
+    act_row_t a[MT];
+    __m512 acc[MT];
+    for (int r = 0; r < mt; r++) { a[r] = act_row((uint8_t *)acts, k, m0 + r); acc[r] = _mm512_setzero_ps(); }
+    const __m512i low4 = _mm512_set1_epi8(15);
+    for (int b = 0; b < blocks; b++) {
+        const uint8_t *rec = wg + (long long)b * rb;
+        const uint8_t *planes = rec + code_bytes(&l), *scales = planes + 64 * np;
+        __m512i w[8];
+        if (l.bits == 8) {
+            for (int c = 0; c < 8; c++) w[c] = _mm512_loadu_si512(rec + 64 * c);
+        } else if (l.bits >= 4) {
+            for (int p = 0; p < 4; p++) {
+                __m512i v = _mm512_loadu_si512(rec + 64 * p);
+                w[p] = _mm512_and_si512(v, low4);
+                w[p + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+            }
+        } else {
+            for (int c = 0; c < 8; c++) w[c] = _mm512_setzero_si512();
+        }
+        for (int c = 0; c < 8; c++)
+            for (int p = 0; p < np; p++) {
+                __mmask64 bit;
+                memcpy(&bit, planes + 8 * (c * np + p), 8);
+                w[c] = _mm512_mask_add_epi8(w[c], bit, w[c],
+                                            _mm512_set1_epi8((char)(1 << (p + (l.bits >= 4 ? 4 : 0)))));
+            }
+        __m512 d[2], mn[2];
+        for (int h = 0; h < nsub; h++) {
+            const uint8_t *ds = scales + h * LANES * es, *ms = scales + (nsub + h) * LANES * es;
+            if (l.f16) {
+                d[h] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)ds));
+                if (l.has_min) mn[h] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)ms));
+            } else {
+                d[h] = _mm512_loadu_ps((const float *)ds);
+                if (l.has_min) mn[h] = _mm512_loadu_ps((const float *)ms);
+            }
+        }
+        for (int r = 0; r < mt; r++) {
+            const int8_t *xq = a[r].q + (long long)b * BLOCK;
+            __m512i half[2];
+            for (int h = 0; h < 2; h++) {
+                half[h] = l.offset ? _mm512_set1_epi32(l.offset * a[r].sum16[2 * b + h])
+                                   : _mm512_setzero_si512();
+                for (int c = 4 * h; c < 4 * h + 4; c++) {
+                    int32_t x4;
+                    memcpy(&x4, xq + 4 * c, 4);
+                    half[h] = _mm512_dpbusd_epi32(half[h], w[c], _mm512_set1_epi32(x4));
+                }
+            }
+            const __m512 da = _mm512_set1_ps(a[r].d[b]);
+            if (l.sub == 32) {
+                __m512 dot = _mm512_cvtepi32_ps(_mm512_add_epi32(half[0], half[1]));
+                acc[r] = _mm512_fmadd_ps(dot, _mm512_mul_ps(d[0], da), acc[r]);
+                if (l.has_min)
+                    acc[r] = _mm512_fmadd_ps(mn[0], _mm512_set1_ps(a[r].dsum32[b]), acc[r]);
+            } else {
+                for (int h = 0; h < 2; h++) {
+                    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(half[h]), _mm512_mul_ps(d[h], da), acc[r]);
+                    if (l.has_min)
+                        acc[r] = _mm512_fmadd_ps(mn[h], _mm512_set1_ps(a[r].dsum16[2 * b + h]), acc[r]);
+                }
+            }
+        }
+    }
+    const __mmask16 keep = cols >= LANES ? 0xffff : (__mmask16)((1u << cols) - 1);
+    for (int r = 0; r < mt; r++) {
+        float *o = out + (m0 + r) * out_stride;
+        if (accumulate) acc[r] = _mm512_add_ps(acc[r], _mm512_maskz_loadu_ps(keep, o));
+        _mm512_mask_storeu_ps(o, keep, acc[r]);
+    }
+}
+#endif
+
+/* Portable version of the same arithmetic (any CPU; the compiler vectorizes what it can). */
+static void tile_portable(const uint8_t *wg, int blocks, const layout_t *lp, const uint8_t *acts,
+                          long long k, long long m0, int mt, float *out, long long out_stride,
+                          int cols, int accumulate) {
+    const layout_t l = *lp;
+    const int np = num_planes(&l), nsub = BLOCK / l.sub, es = l.f16 ? 2 : 4;
+    const long long rb = record_bytes(&l);
+    for (int r = 0; r < mt; r++) {
+        act_row_t a = act_row((uint8_t *)acts, k, m0 + r);
+        float acc[LANES] = {0};
+        for (int b = 0; b < blocks; b++) {
+            const uint8_t *rec = wg + (long long)b * rb;
+            const uint8_t *planes = rec + code_bytes(&l), *scales = planes + 64 * np;
+            uint64_t masks[8][4];
+            for (int c = 0; c < 8; c++)
+                for (int p = 0; p < np; p++) memcpy(&masks[c][p], planes + 8 * (c * np + p), 8);
+            for (int j = 0; j < LANES; j++) {
+                int32_t dot[2];
+                for (int h = 0; h < 2; h++) {
+                    int32_t s = l.offset * a.sum16[2 * b + h];
+                    for (int c = 4 * h; c < 4 * h + 4; c++)
+                        for (int i = 0; i < 4; i++) {
+                            int v = 0;
+                            if (l.bits == 8) v = rec[64 * c + 4 * j + i];
+                            else if (l.bits >= 4) v = (rec[64 * (c % 4) + 4 * j + i] >> (c < 4 ? 0 : 4)) & 15;
+                            for (int p = 0; p < np; p++)
+                                v |= (int)((masks[c][p] >> (4 * j + i)) & 1) << (p + (l.bits >= 4 ? 4 : 0));
+                            s += v * a.q[b * BLOCK + 4 * c + i];
+                        }
+                    dot[h] = s;
+                }
+                for (int h = 0; h < nsub; h++) {
+                    const uint8_t *ds = scales + h * LANES * es, *ms = scales + (nsub + h) * LANES * es;
+                    float d, m = 0;
+                    if (l.f16) {
+                        d = fp16_to_fp32(rd16(ds + 2 * j));
+                        if (l.has_min) m = fp16_to_fp32(rd16(ms + 2 * j));
+                    } else {
+                        memcpy(&d, ds + 4 * j, 4);
+                        if (l.has_min) memcpy(&m, ms + 4 * j, 4);
+                    }
+                    float idot = l.sub == 32 ? (float)(dot[0] + dot[1]) : (float)dot[h];
+                    float dsum = l.sub == 32 ? a.dsum32[b] : a.dsum16[2 * b + h];
+                    acc[j] += idot * (d * a.d[b]);
+                    if (l.has_min) acc[j] += m * dsum;
+                }
+            }
+        }
+        for (int j = 0; j < cols; j++)
+            out[(m0 + r) * out_stride + j] = accumulate ? out[(m0 + r) * out_stride + j] + acc[j] : acc[j];
+    }
+}
+
+typedef void (*tile_fn)(const uint8_t *, int, const layout_t *, const uint8_t *, long long,
+                        long long, int, float *, long long, int, int);
+
+#if MRS_VNNI
+/* One specialization per type, so that the layout is a compile-time constant inside. */
+#define TILE_FOR(name, BITS, SUB, MIN, F16, OFF)                                              \
+    static void name(const uint8_t *wg, int blocks, const layout_t *lp, const uint8_t *acts,   \
+                     long long k, long long m0, int mt, float *out, long long os, int cols,    \
+                     int acc) {                                                                \
+        (void)lp;                                                                              \
+        const layout_t l = {BITS, SUB, MIN, F16, OFF, 0, 0};                                   \
+        switch (mt) {                                                                          \
+        case 1: tile_vnni(wg, blocks, &l, acts, k, m0, 1, out, os, cols, acc); return;              \
+        case 2: tile_vnni(wg, blocks, &l, acts, k, m0, 2, out, os, cols, acc); return;              \
+        case 3: tile_vnni(wg, blocks, &l, acts, k, m0, 3, out, os, cols, acc); return;              \
+        default: tile_vnni(wg, blocks, &l, acts, k, m0, MT, out, os, cols, acc); return;            \
+        }                                                                                      \
+    }
+TILE_FOR(tile_q4_0, 4, 32, 0, 1, -8)
+TILE_FOR(tile_q4_1, 4, 32, 1, 1, 0)
+TILE_FOR(tile_q5_0, 5, 32, 0, 1, -16)
+TILE_FOR(tile_q5_1, 5, 32, 1, 1, 0)
+TILE_FOR(tile_q8_0, 8, 32, 0, 1, -128)
+TILE_FOR(tile_q2_k, 2, 16, 1, 0, 0)
+TILE_FOR(tile_q3_k, 3, 16, 0, 0, -4)
+TILE_FOR(tile_q4_k, 4, 32, 1, 0, 0)
+TILE_FOR(tile_q5_k, 5, 32, 1, 0, 0)
+TILE_FOR(tile_q6_k, 6, 16, 0, 0, -32)
+TILE_FOR(tile_q8_k, 8, 32, 0, 0, -128)
+
+static tile_fn tile_for(int qtype) {
+    switch (qtype) {
+    case T_Q4_0: return tile_q4_0;
+    case T_Q4_1: return tile_q4_1;
+    case T_Q5_0: return tile_q5_0;
+    case T_Q5_1: return tile_q5_1;
+    case T_Q8_0: return tile_q8_0;
+    case T_Q2_K: return tile_q2_k;
+    case T_Q3_K: return tile_q3_k;
+    case T_Q4_K: return tile_q4_k;
+    case T_Q5_K: return tile_q5_k;
+    case T_Q6_K: return tile_q6_k;
+    case T_Q8_K: return tile_q8_k;
+    }
+    return tile_portable;
+}
+#else
+static tile_fn tile_for(int qtype) { (void)qtype; return tile_portable; }
+#endif
+
+/* 1 when this build uses the AVX-512 VNNI kernels, 0 for the portable ones. */
+int mrs_has_vnni(void) { return MRS_VNNI; }
+
+typedef struct {
+    const mrs_job *jobs;
+    int njobs, blocks, group;
+    layout_t layouts[16];
+    long long first_item[17], items, tiles, m, k, x_stride;
+    const float *x;
+    uint8_t *scratch;
+} matmul_ctx;
+
+static void quantize_part(void *arg, int part, int parts) {
+    const matmul_ctx *c = arg;
+    for (long long r = c->m * part / parts; r < c->m * (part + 1) / parts; r++)
+        quantize_row(c->x + r * c->x_stride, c->k, c->group, act_row(c->scratch, c->k, r));
+}
+
+static void matmul_part(void *arg, int part, int parts) {
+    const matmul_ctx *c = arg;
+    int j = 0;
+    for (long long it = c->items * part / parts; it < c->items * (part + 1) / parts; it++) {
+        while (it >= c->first_item[j + 1]) j++;
+        const mrs_job *job = &c->jobs[j];
+        const long long local = it - c->first_item[j];
+        const int g = (int)(local / c->tiles);
+        const long long m0 = (local % c->tiles) * MT;
+        const int mt = (int)(c->m - m0 < MT ? c->m - m0 : MT);
+        const int cols = job->n - g * LANES < LANES ? job->n - g * LANES : LANES;
+        const uint8_t *wg = job->w + (long long)g * c->blocks * record_bytes(&c->layouts[j]);
+        tile_for(job->qtype)(wg, c->blocks, &c->layouts[j], c->scratch, c->k, m0, mt,
+                             job->out + g * LANES, job->out_stride, cols, job->accumulate);
+    }
+}
+
+/* y_j = x @ W_j.T for every job j (weights of one input x [m, k], row stride x_stride, all
+ * taking the same activation group; -1 otherwise): x is quantized once into `scratch`
+ * (mrs_activation_bytes(m, k) bytes), then the 16-row groups of all the jobs, times the row
+ * tiles of x, are split evenly over the threads. */
+int mrs_quant_matmul(const mrs_job *jobs, int njobs, const float *x, long long x_stride,
+                     long long m, long long k, uint8_t *scratch, int nthreads) {
+    matmul_ctx c;
+    if (njobs < 1 || njobs > 16 || k % BLOCK) return -1;
+    c.jobs = jobs;
+    c.njobs = njobs;
+    c.blocks = (int)(k / BLOCK);
+    c.group = mrs_activation_group(jobs[0].qtype);
+    c.tiles = (m + MT - 1) / MT;
+    c.m = m;
+    c.k = k;
+    c.x = x;
+    c.x_stride = x_stride;
+    c.scratch = scratch;
+    c.first_item[0] = 0;
+    for (int j = 0; j < njobs; j++) {
+        if (!layout_of(jobs[j].qtype, &c.layouts[j]) || k % c.layouts[j].block_elems
+            || mrs_activation_group(jobs[j].qtype) != c.group) return -1;
+        c.first_item[j + 1] = c.first_item[j] + (long long)((jobs[j].n + LANES - 1) / LANES) * c.tiles;
+    }
+    c.items = c.first_item[njobs];
+    if (m * k >= (1 << 15)) mrs_parallel(quantize_part, &c, nthreads);
+    else quantize_part(&c, 0, 1);
+    mrs_parallel(matmul_part, &c, c.items > 1 ? nthreads : 1);
+    return 0;
+}
