@@ -13,7 +13,7 @@ import torch
 
 from mistralrs.engine.model_runner import ModelRunner, kv_bytes_per_block
 from mistralrs.engine.params import SamplingParams
-from mistralrs.engine.sampler import TokenLogprobs, sample_next
+from mistralrs.engine.sampler import TokenLogprobs, nan_rows, sample_next
 from mistralrs.engine.stop import StopStringMatcher
 from mistralrs.errors import InvalidRequestError, MistralRsError
 from mistralrs.loading.detokenizer import IncrementalDetokenizer
@@ -135,8 +135,9 @@ class Engine:
         num_blocks = max(1, kv_cache_bytes // per_block)
         self.block_manager = BlockManager(num_blocks, block_size, enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, max_seqs, max_batched_tokens)
-        self.runner = ModelRunner(loaded.model, num_blocks, block_size, loaded.dtype, loaded.device)
         self.max_context = min(loaded.max_context, num_blocks * block_size)
+        self.runner = ModelRunner(loaded.model, num_blocks, block_size, loaded.dtype, loaded.device,
+                                  self.max_context)
         self.vocab_size = loaded.config.vocab_size
         self.num_prefill_tokens = 0
         self._inbox: queue.Queue = queue.Queue()
@@ -252,8 +253,9 @@ class Engine:
                 rows.append(row)
                 choices.append(sibling)
             choice.pending_forks = []
-        logits = logits[rows]
-        broken = torch.isnan(logits).any(-1).tolist()
+        if rows != list(range(logits.shape[0])):
+            logits = logits[rows]
+        broken = nan_rows(logits)
         if any(broken):
             # A model that produces NaN (overflow in half precision, a bad checkpoint) fails the
             # requests concerned, not the whole batch.

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mistralrs.engine.decode_graph import DecodeGraphs
 from mistralrs.layers import Attention, Batch
 from mistralrs.scheduler import ScheduledSequence
 
@@ -35,15 +36,20 @@ def _layer_caches(a: Attention, num_blocks: int, block_size: int, dtype: torch.d
 
 
 class ModelRunner:
-    """Owns the model and its KV cache; `run` executes one scheduled step."""
+    """Owns the model and its KV cache; `run` executes one scheduled step. On the CPU, pure
+    decode steps are replayed from recordings (`DecodeGraphs`) where the model allows it."""
 
     def __init__(self, model: nn.Module, num_blocks: int, block_size: int,
-                 dtype: torch.dtype, device: torch.device):
+                 dtype: torch.dtype, device: torch.device, max_context: int | None = None):
         self.model = model
         self.block_size = block_size
         self.device = device
         self.kv_caches = [_layer_caches(a, num_blocks, block_size, dtype, device)
                           for a in attention_layers(model)]
+        max_blocks = num_blocks if max_context is None else min(num_blocks,
+                                                                 -(-max_context // block_size))
+        self.decode_graphs = (DecodeGraphs(model, self.kv_caches, max_blocks)
+                              if device.type == "cpu" else None)
 
     def _batch(self, scheduled: list[ScheduledSequence], all_logits: bool) -> Batch:
         input_ids, positions, slots, cu, context_lens, logits_rows = [], [], [], [0], [], []
@@ -93,4 +99,17 @@ class ModelRunner:
     def run(self, scheduled: list[ScheduledSequence], all_logits: bool = False) -> torch.Tensor:
         """Logits [rows, vocab]: one row per sequence whose input is complete, or with
         `all_logits` one row per new token (for scoring and tests)."""
+        if self.decode_graphs is not None and not all_logits and all(
+                item.num_new_tokens == 1 and item.completes_input for item in scheduled):
+            logits = self._replay_decode(scheduled)
+            if logits is not None:
+                return logits
         return self.model(self._batch(scheduled, all_logits))
+
+    def _replay_decode(self, scheduled: list[ScheduledSequence]) -> torch.Tensor | None:
+        bs = self.block_size
+        positions = [item.seq.num_computed for item in scheduled]
+        return self.decode_graphs.run(
+            [item.seq.token_ids[p] for item, p in zip(scheduled, positions)], positions,
+            [item.seq.block_table[p // bs] * bs + p % bs for item, p in zip(scheduled, positions)],
+            [p + 1 for p in positions], [item.seq.block_table for item in scheduled])

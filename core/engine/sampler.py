@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from mistralrs.engine.params import SamplingParams
+from mistralrs.kernels.cpu import ops as cpu_ops
 from mistralrs.kernels.sampling import SamplingTensors, apply_penalties, compute_logprobs, sample
 from mistralrs.scheduler import Sequence
 
@@ -23,11 +24,30 @@ def _padded(rows: list[list[int]], device) -> torch.Tensor:
                         device=device).reshape(len(rows), width)
 
 
+def nan_rows(logits: torch.Tensor) -> list[bool]:
+    """Which rows of logits [B, V] hold a NaN."""
+    if cpu_ops.usable(logits):
+        return cpu_ops.argmax_rows(logits)[1]
+    return torch.isnan(logits).any(-1).tolist()
+
+
+def _plain_greedy(p: SamplingParams) -> bool:
+    """Greedy, and nothing that changes the logits or asks for more than the token: the token
+    is the first index of the largest logit, as `sample` would pick."""
+    return (p.temperature == 0 and not p.logprobs and not p.logit_bias
+            and not p.presence_penalty and not p.frequency_penalty
+            and p.repetition_penalty == 1.0)
+
+
 def sample_next(logits: torch.Tensor, seqs: list[Sequence], params: list[SamplingParams],
                 seeds: list[int]) -> tuple[list[int], list[TokenLogprobs | None]]:
     """One token per row of `logits` (row i belongs to seqs[i]). The random stream of a
     sequence is (its seed, the number of tokens it has generated), so results do not depend on
     which other sequences share the batch."""
+    if all(_plain_greedy(p) for p in params):
+        tokens = (cpu_ops.argmax_rows(logits)[0] if cpu_ops.usable(logits)
+                  else logits.argmax(-1).tolist())
+        return tokens, [None] * len(seqs)
     device = logits.device
     tensors = SamplingTensors.from_rows(
         [p.temperature for p in params],

@@ -25,7 +25,7 @@ multi-megabyte buffer is mmap'd and costs a page fault per 4 KiB, more than the 
 def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
              slot_mapping: torch.Tensor) -> None:
     if cpu_ops.usable(k, v, k_cache, v_cache):
-        cpu_ops.store_kv(k, v, k_cache, v_cache, slot_mapping)
+        cpu_ops.store_kv(k, v, k_cache, v_cache, slot_mapping.to(torch.int64).contiguous())
         return
     keep = slot_mapping >= 0
     slots = slot_mapping[keep].long()
@@ -65,9 +65,9 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     """All sequences at once: each gathers the same number of blocks (enough for the longest
     needed key range, starting at its own first needed block) and masks what it does not use."""
     if cpu_ops.usable(q, k_cache, v_cache):
-        return cpu_ops.paged_decode_attention(q, k_cache, v_cache, context_lens, block_tables,
-                                              scale=scale, sliding_window=sliding_window,
-                                              softcap=softcap)
+        return cpu_ops.paged_decode_attention(q, k_cache, v_cache, context_lens.contiguous(),
+                                              block_tables.contiguous(), scale=scale,
+                                              sliding_window=sliding_window, softcap=softcap)
     batch, num_q_heads, head_dim_k = q.shape
     block_size, num_kv_heads, head_dim_v = k_cache.shape[1], k_cache.shape[2], v_cache.shape[3]
     group = num_q_heads // num_kv_heads

@@ -22,9 +22,7 @@ class Decoder(nn.Module):
         self.embed_scale = embed_scale
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        hidden = self.embed_tokens(batch.input_ids)
-        if self.embed_scale is not None:
-            hidden = hidden * torch.tensor(self.embed_scale, dtype=hidden.dtype)
+        hidden = self.embed_tokens(batch.input_ids, self.embed_scale)
         for layer in self.layers:
             hidden = layer(hidden, batch)
         return hidden
@@ -54,7 +52,9 @@ class CausalLM(nn.Module):
             self.lm_head.tie_to(self.model.embed_tokens)
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        hidden = self.model(batch)[batch.logits_indices]
+        hidden = self.model(batch)
+        if batch.logits_indices.shape[0] != hidden.shape[0]:  # else every row, in order
+            hidden = hidden[batch.logits_indices]
         logits = self.lm_head(self.model.norm(hidden))
         if self.final_logit_softcap is not None:
             logits = torch.tanh(logits / self.final_logit_softcap) * self.final_logit_softcap

@@ -37,10 +37,19 @@ class Embedding(nn.Module):
     def is_loaded(self) -> bool:
         return self.qweight is not None or not self.weight.is_meta
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+        """The rows of `input_ids`, times `scale` when given (in the model dtype, as Gemma's
+        embedding normalizer)."""
+        if self.qweight is not None and self.dtype is torch.float32:
+            rows = cpu.dequantize_rows(self.qweight, as_qtype(self.qtype), input_ids,
+                                       1.0 if scale is None else scale)
+            if rows is not None:
+                return rows.view(*input_ids.shape, self.embedding_dim)
         if self.qweight is None:
-            return F.embedding(input_ids, self.weight)
-        rows = cpu.dequantize_rows(self.qweight, as_qtype(self.qtype), input_ids)
-        if rows is None:
+            hidden = F.embedding(input_ids, self.weight)
+        else:
             rows = dequantize(self.qweight[input_ids.reshape(-1)], self.qtype)
-        return rows.to(self.dtype).reshape(*input_ids.shape, self.embedding_dim)
+            hidden = rows.to(self.dtype).reshape(*input_ids.shape, self.embedding_dim)
+        if scale is not None:
+            hidden = hidden * torch.tensor(scale, dtype=hidden.dtype)
+        return hidden

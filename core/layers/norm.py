@@ -17,25 +17,20 @@ class RMSNorm(nn.Module):
         self.unit_offset = unit_offset
         self.weight = nn.Parameter(torch.empty(dim), requires_grad=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if cpu_ops.usable(x, self.weight):
-            out = cpu_ops.rms_norm(x, self.weight, self.eps, self.unit_offset)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """norm(x), plus `residual` when given: then the sum is written into `residual` on the
+        CPU (one native call), so the caller must own it."""
+        if cpu_ops.usable(x, self.weight) and (residual is None or (
+                cpu_ops.usable(residual) and residual.is_contiguous()
+                and residual.shape == x.shape)):
+            out = cpu_ops.rms_norm(x, self.weight, self.eps, self.unit_offset, add_to=residual)
             if out is not None:
                 return out
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         weight = self.weight.float() + 1.0 if self.unit_offset else self.weight.float()
-        return (x32 * weight).to(x.dtype)
-
-    def add_and_norm(self, x: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x + delta, this norm of it). On the CPU one call, which writes the sum into x: the
-        caller must own x (a decoder layer's residual stream)."""
-        if cpu_ops.usable(x, delta, self.weight) and x.is_contiguous() and delta.is_contiguous():
-            out = cpu_ops.rms_norm(x, self.weight, self.eps, self.unit_offset, residual=delta)
-            if out is not None:
-                return x, out
-        x = x + delta
-        return x, self(x)
+        normed = (x32 * weight).to(x.dtype)
+        return normed if residual is None else residual + normed
 
 
 class LayerNorm(nn.Module):

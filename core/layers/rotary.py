@@ -117,6 +117,11 @@ class RotaryEmbedding(nn.Module):
         return positions[:, None] * inv_freq, torch.where(long, self.long_scale, self.short_scale)
 
     def cos_sin(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._batch is not batch and self.rope_type not in ("dynamic", "longrope") and \
+                cpu_ops.usable(self.inv_freq) and batch.positions.is_cpu:
+            self._batch = batch
+            self._cos_sin = cpu_ops.rope_cos_sin(batch.positions, self.inv_freq,
+                                                 self.attention_factor)
         if self._batch is not batch:
             positions = batch.positions.float()
             scale = self.attention_factor

@@ -22,6 +22,7 @@ import os
 import platform
 import subprocess
 import tempfile
+import threading
 from ctypes import c_float, c_int, c_longlong, c_void_p
 from pathlib import Path
 
@@ -37,21 +38,71 @@ SIGNATURES = {
     "mrs_repacked_bytes": (_L, [_I, _L, _L]),
     "mrs_repack": (_I, [_I, _P, _L, _L, _P, _I]),
     "mrs_dequantize_repacked": (_I, [_I, _P, _L, _L, _P]),
-    "mrs_dequantize_rows": (_I, [_I, _P, _L, _L, _P, _L, _P]),
+    "mrs_dequantize_rows": (_I, [_I, _P, _L, _L, _P, _L, _F, _P]),
     "mrs_activation_bytes": (_L, [_L, _L]),
     "mrs_quantize_dequantize_rows": (None, [_P, _L, _L, _I, _P, _P]),
     "mrs_activation_group": (_I, [_I]),
     "mrs_quant_matmul": (_I, [_P, _I, _P, _L, _L, _L, _P, _I]),
     "mrs_has_vnni": (_I, []),
-    "mrs_rms_norm": (None, [_P, _L, _L, _I, _P, _L, _P, _I, _P, _L, _I, _F, _I]),
+    "mrs_rms_norm": (None, [_P, _L, _L, _I, _P, _L, _P, _I, _P, _I, _L, _I, _F, _I]),
+    "mrs_rope_cos_sin": (None, [_P, _L, _P, _I, _F, _P, _P]),
     "mrs_rotary": (None, [_P, _L, _L, _I, _P, _L, _L, _I, _L, _I, _P, _P]),
     "mrs_gated_activation": (None, [_P, _P, _L, _L, _I, _I, _P, _I]),
     "mrs_paged_decode_attention": (None, [_P, _L, _L, _P, _L, _L, _L, _P, _L, _L, _L, _P, _P, _L,
                                           _I, _I, _I, _I, _I, _I, _F, _I, _F, _P, _P, _I]),
     "mrs_decode_attention_scratch": (_L, [_I, _I, _I]),
+    "mrs_argmax_rows": (None, [_P, _L, _L, _L, _P, _P]),
     "mrs_store_kv": (None, [_P, _L, _L, _P, _L, _L, _P, _L, _L, _L, _P, _L, _L, _L, _P, _L, _I,
                             _I, _I, _I]),
 }
+
+
+class Recording:
+    """The native calls one thread made while recording (`recording()`), with their arguments,
+    to be made again by `replay` on the same memory: a decode step captured once and replayed
+    without running its Python (the CPU's counterpart of a CUDA graph). `keep` holds every
+    buffer the calls point into, so that none is freed while the recording exists."""
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+        self.keep: list = []
+
+    def replay(self) -> None:
+        for fn, args in self.calls:
+            fn(*args)
+
+
+_thread = threading.local()
+
+
+def call(fn, *args):
+    """fn(*args), for a native kernel `fn` of `library()`; recorded too while this thread is
+    recording. ctypes arrays among the arguments are recorded as copies (callers reuse them)."""
+    recording = getattr(_thread, "recording", None)
+    if recording is not None:
+        recording.calls.append((fn, tuple(type(a).from_buffer_copy(a)
+                                          if isinstance(a, ctypes.Array) else a for a in args)))
+    return fn(*args)
+
+
+def keep_alive(buffer) -> None:
+    """Make a recording in progress on this thread hold `buffer` (a scratch buffer its calls
+    use that the caller may replace later)."""
+    recording = getattr(_thread, "recording", None)
+    if recording is not None:
+        recording.keep.append(buffer)
+
+
+@contextlib.contextmanager
+def recording():
+    """Record the native calls of this thread into the `Recording` it yields."""
+    if getattr(_thread, "recording", None) is not None:
+        raise RuntimeError("already recording on this thread")
+    _thread.recording = Recording()
+    try:
+        yield _thread.recording
+    finally:
+        _thread.recording = None
 
 
 def mode() -> str:

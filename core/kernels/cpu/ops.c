@@ -17,9 +17,8 @@
 #include <immintrin.h>
 #endif
 
-/* sum a[i] * b[i] and o[i] += p * v[i], vectorized explicitly: the compiler's own vectorized
- * reductions pay a prologue and epilogue on every call, which is most of the cost at head
- * sizes of 64 to 256. */
+/* sum a[i] * b[i], vectorized explicitly: the compiler's own vectorized reduction pays a
+ * prologue and epilogue on every call, which is most of the cost at head sizes of 64 to 256. */
 static inline float dot(const float *a, const float *b, int n) {
     int i = 0;
     float s = 0.0f;
@@ -37,30 +36,6 @@ static inline float dot(const float *a, const float *b, int n) {
 #endif
     for (; i < n; i++) s += a[i] * b[i];
     return s;
-}
-
-/* o[i] += sum_j p[j] * v[j][i] over n <= 4 rows v[j]: one load and store of o per four rows
- * (a store per row would chain every row on the one before through memory). */
-static inline void axpy4(float *o, const float *p, const float *const *v, int rows, int n) {
-    int i = 0;
-#if defined(__AVX512F__)
-    if (rows == 4) {
-        const __m512 p0 = _mm512_set1_ps(p[0]), p1 = _mm512_set1_ps(p[1]);
-        const __m512 p2 = _mm512_set1_ps(p[2]), p3 = _mm512_set1_ps(p[3]);
-        for (; i + 16 <= n; i += 16) {
-            __m512 a = _mm512_fmadd_ps(p0, _mm512_loadu_ps(v[0] + i), _mm512_loadu_ps(o + i));
-            __m512 b = _mm512_mul_ps(p1, _mm512_loadu_ps(v[1] + i));
-            a = _mm512_fmadd_ps(p2, _mm512_loadu_ps(v[2] + i), a);
-            b = _mm512_fmadd_ps(p3, _mm512_loadu_ps(v[3] + i), b);
-            _mm512_storeu_ps(o + i, _mm512_add_ps(a, b));
-        }
-    }
-#endif
-    for (; i < n; i++) {
-        float s = o[i];
-        for (int j = 0; j < rows; j++) s += p[j] * v[j][i];
-        o[i] = s;
-    }
 }
 
 /* p[j] = exp(s[j] - shift) for j < n, and their sum. AVX-512: Cephes' expf polynomial
@@ -101,7 +76,8 @@ static float exp_shifted(const float *s, float shift, float *p, int n) {
 
 /* Row r of x sits at x + (r / inner) * x_outer + (r % inner) * x_inner (rows of [T, H, D] views
  * as well as of [T, D]). With `residual` set (rows residual_stride apart), x += residual first,
- * in place. Then out[r] = x / sqrt(mean(x^2) + eps) * (w or 1 + w), out contiguous. */
+ * in place. Then out[r] = x / sqrt(mean(x^2) + eps) * (w or 1 + w), out contiguous; with
+ * add_to_out, out[r] += that instead. */
 typedef struct {
     float *x;
     long long x_outer, x_inner;
@@ -111,6 +87,7 @@ typedef struct {
     const float *w;
     int unit_offset;
     float *out;
+    int add_to_out;
     long long rows;
     int dim;
     float eps;
@@ -132,16 +109,22 @@ static void rms_norm_part(void *arg, int part, int parts) {
 #pragma omp simd reduction(+ : ss)
         for (int i = 0; i < dim; i++) ss += xr[i] * xr[i];
         const float inv = 1.0f / sqrtf(ss / (float)dim + c->eps);
+        if (c->add_to_out) {
 #pragma omp simd
-        for (int i = 0; i < dim; i++) o[i] = xr[i] * inv * (c->unit_offset ? c->w[i] + 1.0f : c->w[i]);
+            for (int i = 0; i < dim; i++) o[i] += xr[i] * inv * (c->unit_offset ? c->w[i] + 1.0f : c->w[i]);
+        } else {
+#pragma omp simd
+            for (int i = 0; i < dim; i++) o[i] = xr[i] * inv * (c->unit_offset ? c->w[i] + 1.0f : c->w[i]);
+        }
     }
 }
 
 void mrs_rms_norm(float *x, long long x_outer, long long x_inner, int inner,
                   const float *residual, long long residual_stride, const float *w,
-                  int unit_offset, float *out, long long rows, int dim, float eps, int nthreads) {
+                  int unit_offset, float *out, int add_to_out, long long rows, int dim, float eps,
+                  int nthreads) {
     rms_norm_ctx c = {x, x_outer, x_inner, inner, residual, residual_stride, w, unit_offset, out,
-                      rows, dim, eps};
+                      add_to_out, rows, dim, eps};
     mrs_parallel(rms_norm_part, &c, rows * dim > (1 << 16) ? nthreads : 1);
 }
 
@@ -168,6 +151,17 @@ void mrs_rotary(float *q, long long q_t, long long q_h, int q_heads, float *k, l
         rotate_heads(q + t * q_t, q_h, q_heads, half, cos + t * half, sin + t * half);
         rotate_heads(k + t * k_t, k_h, k_heads, half, cos + t * half, sin + t * half);
     }
+}
+
+/* cos, sin [T, half] of positions[t] * inv_freq[i], times `scale` (a rope's attention factor). */
+void mrs_rope_cos_sin(const int64_t *positions, long long tokens, const float *inv_freq, int half,
+                      float scale, float *cos_out, float *sin_out) {
+    for (long long t = 0; t < tokens; t++)
+        for (int i = 0; i < half; i++) {
+            const float angle = (float)positions[t] * inv_freq[i];
+            cos_out[t * half + i] = cosf(angle) * scale;
+            sin_out[t * half + i] = sinf(angle) * scale;
+        }
 }
 
 enum { ACT_SILU = 0, ACT_GELU_TANH = 1, ACT_GELU = 2 };
@@ -230,14 +224,109 @@ typedef struct {
     long long items;
 } decode_ctx;
 
+/* Ask for the rows of a cache block (one head's `dim` floats at each of `rows` slots, `slot`
+ * apart) before they are read: a decode step reads the whole context from memory, and the
+ * hardware prefetcher does not follow the block table. */
+static inline void prefetch_block(const float *first_row, long long slot, int rows, int dim) {
+    for (int r = 0; r < rows; r++)
+        for (int i = 0; i < dim; i += 16) __builtin_prefetch(first_row + r * slot + i, 0, 1);
+}
+
 static float *partial_of(const decode_ctx *c, long long task, int split, int g) {
     return c->partial + ((task * c->splits + split) * c->group + g) * (2 + c->dv);
+}
+
+/* The rows (one head's features) of positions [start, start + n) of a sequence's cache. */
+static void cache_rows(const float *head, const int32_t *table, long long block_stride,
+                       long long slot_stride, int block_size, int start, int n, int dim,
+                       const float **rows) {
+    for (int j = 0, blk = start / block_size, off = start % block_size; j < n; j++) {
+        if (off == 0 || j == 0) prefetch_block(head + table[blk] * block_stride + off * slot_stride,
+                                               slot_stride, block_size - off, dim);
+        rows[j] = head + table[blk] * block_stride + off * slot_stride;
+        if (++off == block_size) { off = 0; blk++; }
+    }
+}
+
+#if defined(__AVX512F__)
+/* lane r = sum of the 16 lanes of a[r], for r < 16: a transposing reduction, ~3 instructions a
+ * sum instead of ~10 for one horizontal reduction each. */
+static inline __m512 reduce16(__m512 a[16]) {
+    __m512 b[8], c4[4];
+    for (int i = 0; i < 8; i++)
+        b[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]),
+                             _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+    for (int i = 0; i < 4; i++)
+        c4[i] = _mm512_add_ps(_mm512_shuffle_ps(b[2 * i], b[2 * i + 1], 0x44),
+                              _mm512_shuffle_ps(b[2 * i], b[2 * i + 1], 0xEE));
+    const __m512 u01 = _mm512_add_ps(_mm512_shuffle_f32x4(c4[0], c4[1], 0x44),
+                                     _mm512_shuffle_f32x4(c4[0], c4[1], 0xEE));
+    const __m512 u23 = _mm512_add_ps(_mm512_shuffle_f32x4(c4[2], c4[3], 0x44),
+                                     _mm512_shuffle_f32x4(c4[2], c4[3], 0xEE));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(u01, u23, 0x88), _mm512_shuffle_f32x4(u01, u23, 0xDD));
+}
+#endif
+
+/* scores[j] = q . rows[j] for j < n (n <= 16). */
+static void dots(const float *q, const float **rows, int n, int dim, float *scores) {
+#if defined(__AVX512F__)
+    __m512 acc[16];
+    for (int r = 0; r < 16; r++) acc[r] = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= dim; i += 16) {
+        const __m512 qv = _mm512_loadu_ps(q + i);
+        for (int r = 0; r < n; r++) acc[r] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(rows[r] + i), acc[r]);
+    }
+    if (i < dim) {
+        const __mmask16 tail = (__mmask16)((1u << (dim - i)) - 1);
+        const __m512 qv = _mm512_maskz_loadu_ps(tail, q + i);
+        for (int r = 0; r < n; r++)
+            acc[r] = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(tail, rows[r] + i), acc[r]);
+    }
+    _mm512_mask_storeu_ps(scores, (__mmask16)((1u << n) - 1), reduce16(acc));
+#else
+    for (int r = 0; r < n; r++) scores[r] = dot(q, rows[r], dim);
+#endif
+}
+
+/* o_g[i] += sum_j p_g[j] * rows[j][i] for the `heads` (<= 4) heads g of one kv head: with
+ * AVX-512 each 64-feature slice of the heads' outputs stays in registers over all n rows. */
+static void accumulate_values(float *const *o, const float *const *p, int heads,
+                              const float **rows, int n, int dim) {
+    int i = 0;
+#if defined(__AVX512F__)
+    for (; i + 64 <= dim; i += 64) {
+        __m512 acc[4][4];
+        for (int g = 0; g < heads; g++)
+            for (int t = 0; t < 4; t++) acc[g][t] = _mm512_loadu_ps(o[g] + i + 16 * t);
+        for (int j = 0; j < n; j++) {
+            const __m512 v0 = _mm512_loadu_ps(rows[j] + i), v1 = _mm512_loadu_ps(rows[j] + i + 16);
+            const __m512 v2 = _mm512_loadu_ps(rows[j] + i + 32), v3 = _mm512_loadu_ps(rows[j] + i + 48);
+            for (int g = 0; g < heads; g++) {
+                const __m512 w = _mm512_set1_ps(p[g][j]);
+                acc[g][0] = _mm512_fmadd_ps(w, v0, acc[g][0]);
+                acc[g][1] = _mm512_fmadd_ps(w, v1, acc[g][1]);
+                acc[g][2] = _mm512_fmadd_ps(w, v2, acc[g][2]);
+                acc[g][3] = _mm512_fmadd_ps(w, v3, acc[g][3]);
+            }
+        }
+        for (int g = 0; g < heads; g++)
+            for (int t = 0; t < 4; t++) _mm512_storeu_ps(o[g] + i + 16 * t, acc[g][t]);
+    }
+#endif
+    for (; i < dim; i++)
+        for (int g = 0; g < heads; g++) {
+            float s = o[g][i];
+            for (int j = 0; j < n; j++) s += p[g][j] * rows[j][i];
+            o[g][i] = s;
+        }
 }
 
 static void decode_part(void *arg, int part, int parts) {
     const decode_ctx *c = arg;
     const int dk = c->dk, dv = c->dv, bs = c->block_size, group = c->group;
     float scores[group][CHUNK];
+    const float *krows[CHUNK], *vrows[CHUNK];
     PART_RANGE(c->items, part, parts, first_item, last_item);
     for (long long item = first_item; item < last_item; item++) {
         const long long task = item / c->splits;
@@ -258,34 +347,33 @@ static void decode_part(void *arg, int part, int parts) {
         }
         for (int start = lo; start < hi; start += CHUNK) {
             const int n = hi - start < CHUNK ? hi - start : CHUNK;
-            /* positions walk the block table: one division per chunk, not per position */
-            for (int j = 0, blk = start / bs, off = start % bs; j < n; j++) {
-                const float *k = k_head + table[blk] * c->kb + off * c->ks;
-                for (int g = 0; g < group; g++) {
-                    float sc = dot(q0 + g * c->q_h, k, dk) * c->scale;
-                    scores[g][j] = c->softcap > 0.0f ? c->softcap * tanhf(sc / c->softcap) : sc;
-                }
-                if (++off == bs) { off = 0; blk++; }
-            }
+            cache_rows(k_head, table, c->kb, c->ks, bs, start, n, dk, krows);
+            cache_rows(v_head, table, c->vb, c->vs, bs, start, n, dv, vrows);
             for (int g = 0; g < group; g++) {
+                float *sc = scores[g];
+                for (int j = 0; j < n; j += 16) dots(q0 + g * c->q_h, krows + j, n - j < 16 ? n - j : 16, dk, sc + j);
                 float *st = partial_of(c, task, split, g), *o = st + 2, chunk_max = -INFINITY;
-                for (int j = 0; j < n; j++) chunk_max = scores[g][j] > chunk_max ? scores[g][j] : chunk_max;
+                for (int j = 0; j < n; j++) {
+                    sc[j] *= c->scale;
+                    if (c->softcap > 0.0f) sc[j] = c->softcap * tanhf(sc[j] / c->softcap);
+                    chunk_max = sc[j] > chunk_max ? sc[j] : chunk_max;
+                }
                 const float new_max = chunk_max > st[0] ? chunk_max : st[0];
                 const float rescale = expf(st[0] - new_max);
                 if (rescale != 1.0f)
                     for (int i = 0; i < dv; i++) o[i] *= rescale;
-                st[1] = st[1] * rescale + exp_shifted(scores[g], new_max, scores[g], n);
+                st[1] = st[1] * rescale + exp_shifted(sc, new_max, sc, n);
                 st[0] = new_max;
             }
-            const float *rows[4];
-            for (int j = 0, blk = start / bs, off = start % bs; j < n; j += 4) {
-                const int count = n - j < 4 ? n - j : 4;
-                for (int r = 0; r < count; r++) {
-                    rows[r] = v_head + table[blk] * c->vb + off * c->vs;
-                    if (++off == bs) { off = 0; blk++; }
+            for (int g0 = 0; g0 < group; g0 += 4) {
+                const int heads = group - g0 < 4 ? group - g0 : 4;
+                float *o[4];
+                const float *p[4];
+                for (int g = 0; g < heads; g++) {
+                    o[g] = partial_of(c, task, split, g0 + g) + 2;
+                    p[g] = scores[g0 + g];
                 }
-                for (int g = 0; g < group; g++)
-                    axpy4(partial_of(c, task, split, g) + 2, scores[g] + j, rows, count, dv);
+                accumulate_values(o, p, heads, vrows, n, dv);
             }
         }
     }
@@ -348,5 +436,53 @@ void mrs_store_kv(const float *k, long long k_t, long long k_h, const float *v, 
             memcpy(k_cache + blk * kb + off * ks + h * kh, k + t * k_t + h * k_h, sizeof(float) * dk);
             memcpy(v_cache + blk * vb + off * vs + h * vh, v + t * v_t + h * v_h, sizeof(float) * dv);
         }
+    }
+}
+
+/* For each row of x [rows, cols] (rows `stride` apart): the first index of its largest value
+ * into argmax[r], and whether it holds a NaN into nan[r]. */
+void mrs_argmax_rows(const float *x, long long rows, long long cols, long long stride,
+                     int64_t *argmax, int8_t *nan) {
+    for (long long r = 0; r < rows; r++) {
+        const float *row = x + r * stride;
+        long long i = 0, best = 0;
+        float best_value = cols ? row[0] : 0.0f;
+        int has_nan = 0;
+#if defined(__AVX512F__)
+        if (cols >= 16) {
+            /* lane-wise maxima (first index per lane on ties), then the best lane */
+            __m512 value = _mm512_loadu_ps(row);
+            __m512i index = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+            __m512i at = index;
+            const __m512i step = _mm512_set1_epi32(16);
+            __mmask16 unordered = _mm512_cmp_ps_mask(value, value, _CMP_UNORD_Q);
+            for (i = 16; i + 16 <= cols && cols < (1ll << 31); i += 16) {
+                at = _mm512_add_epi32(at, step);
+                const __m512 v = _mm512_loadu_ps(row + i);
+                unordered |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+                const __mmask16 better = _mm512_cmp_ps_mask(v, value, _CMP_GT_OQ);
+                value = _mm512_mask_mov_ps(value, better, v);
+                index = _mm512_mask_mov_epi32(index, better, at);
+            }
+            float values[16];
+            int32_t indices[16];
+            _mm512_storeu_ps(values, value);
+            _mm512_storeu_si512(indices, index);
+            best = indices[0];
+            best_value = values[0];
+            for (int lane = 1; lane < 16; lane++)
+                if (values[lane] > best_value || (values[lane] == best_value && indices[lane] < best)) {
+                    best_value = values[lane];
+                    best = indices[lane];
+                }
+            has_nan = unordered != 0;
+        }
+#endif
+        for (; i < cols; i++) {
+            if (row[i] > best_value) { best_value = row[i]; best = i; }
+            has_nan |= row[i] != row[i];
+        }
+        argmax[r] = best;
+        nan[r] = (int8_t)has_nan;
     }
 }

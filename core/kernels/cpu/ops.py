@@ -41,65 +41,85 @@ def _row_layout(x: torch.Tensor) -> tuple[int, int, int, int] | None:
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, unit_offset: bool = False,
-             residual: torch.Tensor | None = None) -> torch.Tensor | None:
-    """x / rms(x) * (weight or 1 + weight) over the last dim, as a new contiguous tensor. With
-    `residual` (contiguous rows, x's shape), x += residual first, in place, so that x holds the
-    sum the caller carries on with. None (nothing done) where x's rows cannot be read."""
+             add_to: torch.Tensor | None = None) -> torch.Tensor | None:
+    """x / rms(x) * (weight or 1 + weight) over the last dim: a new contiguous tensor, or with
+    `add_to` (contiguous, x's shape) added into it and it returned. None (nothing done) where
+    x's rows cannot be read."""
     layout = _row_layout(x)
     if layout is None or x.numel() == 0:
         return None
     rows, outer, inner_stride, inner = layout
-    out = torch.empty(x.shape)
-    native.library().mrs_rms_norm(
-        x.data_ptr(), outer, inner_stride, inner,
-        None if residual is None else residual.data_ptr(), x.shape[-1], weight.data_ptr(),
-        int(unit_offset), out.data_ptr(), rows, x.shape[-1], eps, threads())
+    out = torch.empty(x.shape) if add_to is None else add_to
+    native.call(native.library().mrs_rms_norm, x.data_ptr(), outer, inner_stride, inner, None,
+                0, weight.data_ptr(), int(unit_offset), out.data_ptr(), int(add_to is not None),
+                rows, x.shape[-1], eps, threads())
     return out
+
+
+def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor,
+                 scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin [T, F] of positions (int64 [T]) times inv_freq (float32 [F]), times scale."""
+    tokens, half = positions.shape[0], inv_freq.shape[0]
+    cos, sin = torch.empty(tokens, half), torch.empty(tokens, half)
+    native.call(native.library().mrs_rope_cos_sin, positions.data_ptr(), tokens,
+                inv_freq.data_ptr(), half, scale, cos.data_ptr(), sin.data_ptr())
+    return cos, sin
 
 
 def rotary_(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
             rotary_dim: int) -> None:
     """Rotate-half rotary embedding of q [T, Hq, D] and k [T, Hk, D] in place: the first
     rotary_dim features of each head, with cos, sin [T, rotary_dim / 2] (contiguous)."""
-    native.library().mrs_rotary(q.data_ptr(), q.stride(0), q.stride(1), q.shape[1], k.data_ptr(),
-                                k.stride(0), k.stride(1), k.shape[1], q.shape[0], rotary_dim,
-                                cos.data_ptr(), sin.data_ptr())
+    native.call(native.library().mrs_rotary, q.data_ptr(), q.stride(0), q.stride(1), q.shape[1],
+                k.data_ptr(), k.stride(0), k.stride(1), k.shape[1], q.shape[0], rotary_dim,
+                cos.data_ptr(), sin.data_ptr())
 
 
 def gated_activation(gate: torch.Tensor, up: torch.Tensor, act: str) -> torch.Tensor:
     """act(gate) * up for gate, up [T, I] sharing a row stride -> new [T, I]."""
     out = torch.empty(gate.shape)
-    native.library().mrs_gated_activation(gate.data_ptr(), up.data_ptr(), gate.stride(0),
-                                          gate.shape[0], gate.shape[1], ACTIVATIONS[act],
-                                          out.data_ptr(), threads())
+    native.call(native.library().mrs_gated_activation, gate.data_ptr(), up.data_ptr(),
+                gate.stride(0), gate.shape[0], gate.shape[1], ACTIVATIONS[act], out.data_ptr(),
+                threads())
     return out
 
 
 def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
              slot_mapping: torch.Tensor) -> None:
-    """`attention.store_kv` for float32 caches."""
-    slots = slot_mapping.to(torch.int64).contiguous()
-    native.library().mrs_store_kv(
-        k.data_ptr(), k.stride(0), k.stride(1), v.data_ptr(), v.stride(0), v.stride(1),
-        k_cache.data_ptr(), *k_cache.stride()[:3], v_cache.data_ptr(), *v_cache.stride()[:3],
-        slots.data_ptr(), k.shape[0], k.shape[1], k.shape[2], v.shape[2], k_cache.shape[1])
+    """`attention.store_kv` for float32 caches (int64 slots)."""
+    native.call(native.library().mrs_store_kv, k.data_ptr(), k.stride(0), k.stride(1),
+                v.data_ptr(), v.stride(0), v.stride(1), k_cache.data_ptr(),
+                *k_cache.stride()[:3], v_cache.data_ptr(), *v_cache.stride()[:3],
+                slot_mapping.data_ptr(), k.shape[0], k.shape[1], k.shape[2], v.shape[2],
+                k_cache.shape[1])
 
 
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            context_lens: torch.Tensor, block_tables: torch.Tensor, *, scale: float,
                            sliding_window: int | None = None,
                            softcap: float | None = None) -> torch.Tensor:
-    """`attention.paged_decode_attention` for float32 caches: q [B, Hq, Dk] -> [B, Hq, Dv]."""
+    """`attention.paged_decode_attention` for float32 caches: q [B, Hq, Dk] -> [B, Hq, Dv]
+    (contiguous context_lens and block_tables)."""
     batch, q_heads, dk = q.shape
     dv = v_cache.shape[3]
     lib = native.library()
     out = torch.empty(batch, q_heads, dv)
     partial = scratch_bytes(4 * lib.mrs_decode_attention_scratch(batch, q_heads, dv))
-    tables = block_tables.contiguous()
-    lib.mrs_paged_decode_attention(
-        q.data_ptr(), q.stride(0), q.stride(1), k_cache.data_ptr(), *k_cache.stride()[:3],
-        v_cache.data_ptr(), *v_cache.stride()[:3], context_lens.contiguous().data_ptr(),
-        tables.data_ptr(), tables.stride(0), batch, q_heads, k_cache.shape[2], dk, dv,
-        k_cache.shape[1], scale, sliding_window or 0, softcap or 0.0, out.data_ptr(),
-        partial.data_ptr(), threads())
+    native.call(lib.mrs_paged_decode_attention, q.data_ptr(), q.stride(0), q.stride(1),
+                k_cache.data_ptr(), *k_cache.stride()[:3], v_cache.data_ptr(),
+                *v_cache.stride()[:3], context_lens.data_ptr(), block_tables.data_ptr(),
+                block_tables.stride(0), batch, q_heads, k_cache.shape[2], dk, dv,
+                k_cache.shape[1], scale, sliding_window or 0, softcap or 0.0, out.data_ptr(),
+                partial.data_ptr(), threads())
     return out
+
+
+def argmax_rows(logits: torch.Tensor) -> tuple[list[int], list[bool]]:
+    """Per row of float32 logits [B, V]: the first index of the largest value, and whether the
+    row holds a NaN (one pass, single-threaded: a parallel torch reduction here would leave
+    torch's OpenMP workers spinning into the next step's kernels)."""
+    rows = logits.shape[0]
+    argmax, nan = torch.empty(rows, dtype=torch.int64), torch.empty(rows, dtype=torch.int8)
+    native.library().mrs_argmax_rows(logits.data_ptr(), rows, logits.shape[1], logits.stride(0),
+                                     argmax.data_ptr(), nan.data_ptr())
+    return argmax.tolist(), [bool(v) for v in nan.tolist()]

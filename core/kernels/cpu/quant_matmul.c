@@ -108,7 +108,7 @@ static void scale_min_k4(int j, const uint8_t *s, int *sc, int *mn) {
 
 /* Block b (32 columns) of a row. d16/m16: the raw fp16 fields (legacy types); d/m: float per
  * sub-block (K-quants). */
-static void read_block(int qtype, const uint8_t *row, int b, uint8_t u[BLOCK],
+static inline __attribute__((always_inline)) void read_block(int qtype, const uint8_t *row, int b, uint8_t u[BLOCK],
                        uint16_t *d16, uint16_t *m16, float d[2], float m[2]) {
     const uint8_t *x;
     int i;
@@ -211,8 +211,10 @@ long long mrs_repacked_bytes(int qtype, long long n, long long k) {
     return ((n + LANES - 1) / LANES) * (k / BLOCK) * record_bytes(&l);
 }
 
-static void repack_record(int qtype, const layout_t *l, const uint8_t *src, long long row_bytes,
-                          long long n, int g, int b, uint8_t *rec) {
+/* Inlined into one loop per type (`repack_part`), so that the type's layout is constant. */
+static inline __attribute__((always_inline)) void repack_record(
+    int qtype, const layout_t *l, const uint8_t *src, long long row_bytes, long long n, int g,
+    int b, uint8_t *rec) {
     int np = num_planes(l), nsub = BLOCK / l->sub, es = l->f16 ? 2 : 4;
     uint8_t *codes = rec, *planes = rec + code_bytes(l), *scales = planes + 64 * np;
     uint64_t pl[8][4];
@@ -221,6 +223,24 @@ static void repack_record(int qtype, const layout_t *l, const uint8_t *src, long
     for (int j = 0; j < LANES; j++) {
         long long r = (long long)g * LANES + j;
         if (r >= n) break; /* padding rows: zero codes and scales */
+        if (l->block_elems == BLOCK) { /* legacy types: their bytes already pair the columns */
+            const uint8_t *x = src + r * row_bytes + (long long)b * l->block_bytes;
+            const int head = l->has_min ? 4 : 2;
+            const uint8_t *qs = x + head + (l->bits == 5 ? 4 : 0);
+            for (int c = 0; c < (l->bits == 8 ? 8 : 4); c++) {
+                uint32_t w;
+                memcpy(&w, qs + 4 * c, 4);
+                if (l->bits == 8) w ^= 0x80808080u;
+                memcpy(codes + 64 * c + 4 * j, &w, 4);
+            }
+            if (l->bits == 5) {
+                const uint32_t qh = rd32(x + head);
+                for (int c = 0; c < 8; c++) pl[c][0] |= (uint64_t)((qh >> (4 * c)) & 15) << (4 * j);
+            }
+            memcpy(scales + 2 * j, x, 2);
+            if (l->has_min) memcpy(scales + 2 * LANES + 2 * j, x + 2, 2);
+            continue;
+        }
         uint8_t u[BLOCK];
         uint16_t d16 = 0, m16 = 0;
         float d[2] = {0, 0}, m[2] = {0, 0};
@@ -234,8 +254,7 @@ static void repack_record(int qtype, const layout_t *l, const uint8_t *src, long
                     v >>= 4;
                 }
                 if (l->bits != 8)
-                    for (int p = 0; p < np; p++)
-                        if ((v >> p) & 1) pl[c][p] |= 1ull << (4 * j + i);
+                    for (int p = 0; p < np; p++) pl[c][p] |= (uint64_t)((v >> p) & 1) << (4 * j + i);
             }
         for (int h = 0; h < nsub; h++) {
             uint8_t *ds = scales + h * LANES * es, *ms = scales + (nsub + h) * LANES * es;
@@ -262,13 +281,33 @@ typedef struct {
     uint8_t *dst;
 } repack_ctx;
 
+#define REPACK_CASE(T, BITS, SUB, MIN, F16, OFF, BB, BE)                                      \
+    case T: {                                                                                  \
+        const layout_t l = {BITS, SUB, MIN, F16, OFF, BB, BE};                                 \
+        for (int g = first; g < last; g++)                                                     \
+            for (int b = 0; b < c->blocks; b++)                                                \
+                repack_record(T, &l, c->src, c->row_bytes, c->n, g, b,                         \
+                              c->dst + ((long long)g * c->blocks + b) * c->record);            \
+        return;                                                                                \
+    }
+
 static void repack_part(void *arg, int part, int parts) {
     const repack_ctx *c = arg;
-    for (int g = (int)((long long)c->groups * part / parts);
-         g < (int)((long long)c->groups * (part + 1) / parts); g++)
-        for (int b = 0; b < c->blocks; b++)
-            repack_record(c->qtype, &c->l, c->src, c->row_bytes, c->n, g, b,
-                          c->dst + ((long long)g * c->blocks + b) * c->record);
+    const int first = (int)((long long)c->groups * part / parts);
+    const int last = (int)((long long)c->groups * (part + 1) / parts);
+    switch (c->qtype) {
+        REPACK_CASE(T_Q4_0, 4, 32, 0, 1, -8, 18, 32)
+        REPACK_CASE(T_Q4_1, 4, 32, 1, 1, 0, 20, 32)
+        REPACK_CASE(T_Q5_0, 5, 32, 0, 1, -16, 22, 32)
+        REPACK_CASE(T_Q5_1, 5, 32, 1, 1, 0, 24, 32)
+        REPACK_CASE(T_Q8_0, 8, 32, 0, 1, -128, 34, 32)
+        REPACK_CASE(T_Q2_K, 2, 16, 1, 0, 0, 84, 256)
+        REPACK_CASE(T_Q3_K, 3, 16, 0, 0, -4, 110, 256)
+        REPACK_CASE(T_Q4_K, 4, 32, 1, 0, 0, 144, 256)
+        REPACK_CASE(T_Q5_K, 5, 32, 1, 0, 0, 176, 256)
+        REPACK_CASE(T_Q6_K, 6, 16, 0, 0, -32, 210, 256)
+        REPACK_CASE(T_Q8_K, 8, 32, 0, 0, -128, 292, 256)
+    }
 }
 
 /* src: n rows of GGUF blocks, row_bytes each; dst: mrs_repacked_bytes(...) bytes. */
@@ -320,10 +359,10 @@ int mrs_dequantize_repacked(int qtype, const uint8_t *w, long long n, long long 
     return 0;
 }
 
-/* Rows ids[i] of a GGUF matrix [n_rows, k], as float32 [n_ids, k] (embedding lookups).
- * Returns -2, writing nothing, if an id is outside 0..n_rows-1. */
+/* Rows ids[i] of a GGUF matrix [n_rows, k] times `scale`, as float32 [n_ids, k] (embedding
+ * lookups). Returns -2, writing nothing, if an id is outside 0..n_rows-1. */
 int mrs_dequantize_rows(int qtype, const uint8_t *src, long long n_rows, long long k,
-                        const int64_t *ids, long long n_ids, float *out) {
+                        const int64_t *ids, long long n_ids, float scale, float *out) {
     layout_t l;
     if (!layout_of(qtype, &l) || k % l.block_elems) return -1;
     for (long long r = 0; r < n_ids; r++)
@@ -346,6 +385,7 @@ int mrs_dequantize_rows(int qtype, const uint8_t *src, long long n_rows, long lo
             for (int i = 0; i < BLOCK; i++) {
                 const int h = i / 16;
                 o[i] = l.has_min ? d[h] * (float)u[i] + m[h] : d[h] * (float)(u[i] + l.offset);
+                if (scale != 1.0f) o[i] *= scale;
             }
         }
     return 0;

@@ -70,6 +70,7 @@ def scratch_bytes(size: int) -> torch.Tensor:
     buffer = getattr(_scratch, "buffer", None)
     if buffer is None or buffer.numel() < size:
         buffer = _scratch.buffer = torch.empty(max(size, 1 << 16), dtype=torch.uint8)
+    native.keep_alive(buffer)
     return buffer
 
 
@@ -113,8 +114,8 @@ class PackedLinears:
             for jobs, offsets in self._calls:
                 for job, offset in zip(jobs, offsets):
                     job.out, job.accumulate = base + offset, accumulate
-                self._lib.mrs_quant_matmul(jobs, len(jobs), rows.data_ptr(), rows.stride(0), m,
-                                           self.in_features, scratch, threads())
+                native.call(self._lib.mrs_quant_matmul, jobs, len(jobs), rows.data_ptr(),
+                            rows.stride(0), m, self.in_features, scratch, threads())
         return out if x.dim() == 2 else out.view(*x.shape[:-1], self.out_features)
 
 
@@ -146,9 +147,10 @@ def quantize_dequantize_rows(x: torch.Tensor, group: int) -> torch.Tensor:
     return out
 
 
-def dequantize_rows(packed: torch.Tensor, qtype: Q, ids: torch.Tensor) -> torch.Tensor | None:
-    """Rows `ids` of a packed matrix as float32 [len(ids), K] (an embedding lookup), or None
-    where the native kernels do not take the type."""
+def dequantize_rows(packed: torch.Tensor, qtype: Q, ids: torch.Tensor,
+                    scale: float = 1.0) -> torch.Tensor | None:
+    """Rows `ids` of a packed matrix times `scale`, as float32 [len(ids), K] (an embedding
+    lookup), or None where the native kernels do not take the type."""
     lib = native.library()
     if lib is None or qtype not in SUPPORTED_TYPES or packed.device.type != "cpu":
         return None
@@ -156,8 +158,8 @@ def dequantize_rows(packed: torch.Tensor, qtype: Q, ids: torch.Tensor) -> torch.
     ids = ids.reshape(-1).to(torch.int64).contiguous()
     packed = packed.contiguous()
     out = torch.empty(len(ids), k)
-    status = lib.mrs_dequantize_rows(int(qtype), packed.data_ptr(), packed.shape[0], k,
-                                     ids.data_ptr(), len(ids), out.data_ptr())
+    status = native.call(lib.mrs_dequantize_rows, int(qtype), packed.data_ptr(),
+                         packed.shape[0], k, ids.data_ptr(), len(ids), scale, out.data_ptr())
     if status == -2:
         raise IndexError(f"token ids must be in 0..{packed.shape[0] - 1}")
     return out

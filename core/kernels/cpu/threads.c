@@ -1,13 +1,17 @@
 /* The native kernels' own thread pool.
  *
  * Why not OpenMP: a decode step makes a few hundred parallel calls a few microseconds apart, so
- * the workers must be spinning when a call comes. libgomp spins only while the process has no
+ * the workers must be awake when a call comes. libgomp spins only while the process has no
  * more OpenMP threads than CPUs; the engine runs in its own thread, which gets a second OpenMP
  * team beside the main thread's, and from then on every parallel region waits for a sleeping
- * worker to be woken (~70 us on a 2-core VM, more than the kernel itself). This pool is one per
- * process whatever thread calls it: workers spin for SPIN_SECONDS after their last task, then
- * sleep on a condition variable. The caller runs part 0 itself. Calls from two threads at once
- * do not wait for each other: the second one runs its parts itself, one after the other.
+ * worker to be woken (~70 us on a 2-core VM, more than the kernel itself).
+ *
+ * This pool is one per process whatever thread calls it. A task is split into parts that the
+ * caller and the workers claim from a shared counter, so a worker that is not running (another
+ * process's thread, or torch's own OpenMP workers spinning on its core) delays nothing: the
+ * caller takes the parts nobody has claimed. Workers spin for SPIN_SECONDS after their last
+ * part, then sleep on a condition variable. Calls from two threads at once do not wait for
+ * each other: the second runs its parts itself.
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -24,20 +28,18 @@
 #include "threads.h"
 
 #define MAX_WORKERS 255
-#define SPIN_SECONDS 0.002
+#define SPIN_SECONDS 0.0005
 
 static struct {
     pthread_mutex_t lock, call_lock;
     pthread_cond_t wake;
-    atomic_uint generation; /* bumped for every task */
-    atomic_int remaining;   /* workers that have not finished the current task */
+    atomic_uint generation;   /* bumped for every task */
+    atomic_ullong claim;      /* generation << 40 | parts << 20 | next unclaimed part */
+    atomic_int done;          /* parts of the current task finished */
     atomic_int sleeping;
     mrs_task fn;
     void *ctx;
-    int parts;
     int workers;
-    pthread_t threads[MAX_WORKERS];
-    unsigned first_generation[MAX_WORKERS + 1]; /* the generation before a worker's first task */
 } pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER};
 
 static double seconds(void) {
@@ -46,9 +48,27 @@ static double seconds(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+#define PART_BITS 20
+#define PART_MASK ((1ull << PART_BITS) - 1)
+#define GENERATION_MASK ((1ull << 24) - 1)
+
+/* Run unclaimed parts of task `generation` until none is left. The part count is read from
+ * the same word as the claim, so a worker still on an older task cannot claim a part of a new
+ * one; fn and ctx cannot change while a claimed part runs (the caller waits for it). */
+static void run_parts(unsigned generation) {
+    for (;;) {
+        unsigned long long current = atomic_load(&pool.claim);
+        const int parts = (int)((current >> PART_BITS) & PART_MASK);
+        const int next = (int)(current & PART_MASK);
+        if ((current >> (2 * PART_BITS)) != (generation & GENERATION_MASK) || next >= parts) return;
+        if (!atomic_compare_exchange_weak(&pool.claim, &current, current + 1)) continue;
+        pool.fn(pool.ctx, next, parts);
+        atomic_fetch_add(&pool.done, 1);
+    }
+}
+
 static void *worker(void *arg) {
-    const int id = (int)(intptr_t)arg;
-    unsigned seen = pool.first_generation[id];
+    unsigned seen = (unsigned)(uintptr_t)arg;
     for (;;) {
         unsigned now;
         const double start = seconds();
@@ -65,8 +85,7 @@ static void *worker(void *arg) {
             cpu_relax();
         }
         seen = now;
-        if (id < pool.parts) pool.fn(pool.ctx, id, pool.parts);
-        atomic_fetch_sub(&pool.remaining, 1);
+        run_parts(now);
     }
     return 0;
 }
@@ -74,12 +93,12 @@ static void *worker(void *arg) {
 static void start_workers(int wanted) {
     if (wanted > MAX_WORKERS) wanted = MAX_WORKERS;
     while (pool.workers < wanted) {
-        pool.first_generation[pool.workers + 1] = atomic_load(&pool.generation);
+        pthread_t thread;
         pthread_attr_t attr;
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        int ok = pthread_create(&pool.threads[pool.workers], &attr, worker,
-                                (void *)(intptr_t)(pool.workers + 1)) == 0;
+        const int ok = pthread_create(&thread, &attr, worker,
+                                      (void *)(uintptr_t)atomic_load(&pool.generation)) == 0;
         pthread_attr_destroy(&attr);
         if (!ok) break;
         pool.workers++;
@@ -87,23 +106,25 @@ static void start_workers(int wanted) {
 }
 
 void mrs_parallel(mrs_task fn, void *ctx, int parts) {
+    if (parts > (int)PART_MASK) parts = (int)PART_MASK;
     if (parts <= 1 || pthread_mutex_trylock(&pool.call_lock) != 0) {
-        for (int t = 0; t < (parts < 1 ? 1 : parts); t++) fn(ctx, t, parts < 1 ? 1 : parts);
+        for (int p = 0; p < (parts < 1 ? 1 : parts); p++) fn(ctx, p, parts < 1 ? 1 : parts);
         return;
     }
     start_workers(parts - 1);
-    if (parts > pool.workers + 1) parts = pool.workers + 1;
+    const unsigned generation = atomic_load(&pool.generation) + 1;
     pool.fn = fn;
     pool.ctx = ctx;
-    pool.parts = parts;
-    atomic_store(&pool.remaining, pool.workers);
-    atomic_fetch_add(&pool.generation, 1);
+    atomic_store(&pool.done, 0);
+    atomic_store(&pool.claim, ((generation & GENERATION_MASK) << (2 * PART_BITS))
+                                  | ((unsigned long long)parts << PART_BITS));
+    atomic_store(&pool.generation, generation);
     if (atomic_load(&pool.sleeping) > 0) {
         pthread_mutex_lock(&pool.lock);
         pthread_cond_broadcast(&pool.wake);
         pthread_mutex_unlock(&pool.lock);
     }
-    fn(ctx, 0, parts);
-    while (atomic_load(&pool.remaining) > 0) cpu_relax();
+    run_parts(generation);
+    while (atomic_load(&pool.done) < parts) cpu_relax();
     pthread_mutex_unlock(&pool.call_lock);
 }

@@ -66,8 +66,11 @@ class SandwichDecoderLayer(nn.Module):
         self.post_feedforward_layernorm = gemma_norm(config)
 
     def forward(self, x: torch.Tensor, batch: Batch) -> torch.Tensor:
-        x = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), batch))
-        return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
+        """May overwrite x: each post-norm adds its output into the residual stream."""
+        attended = self.self_attn(self.input_layernorm(x), batch)
+        x = self.post_attention_layernorm(attended, residual=x)
+        return self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)),
+                                               residual=x)
 
 
 def build_model(config: GemmaConfig) -> CausalLM:
