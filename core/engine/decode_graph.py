@@ -142,6 +142,9 @@ class DecodeGraphs:
                 self.enabled = False
                 return None
             self.graphs[size] = graph
-            return logits[:n]
-        graph.set_inputs(input_ids, positions, slots, context_lens, tables)
-        return graph.replay()[:n]
+        else:
+            graph.set_inputs(input_ids, positions, slots, context_lens, tables)
+            logits = graph.replay()
+        # A copy (the next replay overwrites the recording's buffers), made by numpy: a torch
+        # copy this large would run in parallel and leave torch's OpenMP threads spinning.
+        return torch.from_numpy(logits[:n].numpy().copy())

@@ -128,7 +128,7 @@ class Engine:
                  block_size: int = 32, max_batched_tokens: int = 2048,
                  enable_prefix_caching: bool = True):
         self.loaded = loaded
-        per_block = kv_bytes_per_block(loaded.model, block_size, loaded.dtype)
+        per_block = kv_bytes_per_block(loaded.model, block_size, loaded.dtype, loaded.device)
         if kv_cache_bytes is None:
             kv_cache_bytes = (torch.cuda.mem_get_info()[0] // 2 if loaded.device.type == "cuda"
                               else 1 << 30)

@@ -4,8 +4,8 @@ Decode batches the sequences: a few batched gathers of the cache blocks they nee
 followed by one attention call; prefill loops over sequences (and over chunks of long prompts,
 bounding the score matrix). The query heads that share a kv head are laid out as extra query
 rows of that kv head ("grouped rows"), so GQA never copies keys or values per query head.
-Everything is computed in fp32 whatever the cache dtype. With float32 caches, storing and
-decode attention run as one native call each (`mistralrs.kernels.cpu.ops`).
+Everything is computed in fp32 whatever the cache dtype. With float32 or float16 caches,
+storing and decode attention run as one native call each (`mistralrs.kernels.cpu.ops`).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ multi-megabyte buffer is mmap'd and costs a page fault per 4 KiB, more than the 
 
 def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
              slot_mapping: torch.Tensor) -> None:
-    if cpu_ops.usable(k, v, k_cache, v_cache):
+    if cpu_ops.usable(k, v) and cpu_ops.usable_cache(k_cache, v_cache):
         cpu_ops.store_kv(k, v, k_cache, v_cache, slot_mapping.to(torch.int64).contiguous())
         return
     keep = slot_mapping >= 0
@@ -64,7 +64,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
                            softcap: float | None = None) -> torch.Tensor:
     """All sequences at once: each gathers the same number of blocks (enough for the longest
     needed key range, starting at its own first needed block) and masks what it does not use."""
-    if cpu_ops.usable(q, k_cache, v_cache):
+    if cpu_ops.usable(q) and cpu_ops.usable_cache(k_cache, v_cache):
         return cpu_ops.paged_decode_attention(q, k_cache, v_cache, context_lens.contiguous(),
                                               block_tables.contiguous(), scale=scale,
                                               sliding_window=sliding_window, softcap=softcap)

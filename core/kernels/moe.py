@@ -28,10 +28,13 @@ ACTIVATIONS = tuple(moe_cpu.ACTIVATIONS)
 
 @dataclass(frozen=True)
 class PackedExperts:
-    """Stacked expert weights kept in packed GGUF blocks: uint8 [E, out, row_bytes] of `qtype`."""
+    """Stacked expert weights kept in packed GGUF blocks: uint8 [E, out, row_bytes] of `qtype`;
+    `native`, one `cpu.PackedLinears` per expert, where the CPU kernels were made ready for them
+    (at load), else the experts run the reference on the CPU."""
 
     packed: torch.Tensor
     qtype: int
+    native: tuple | None = None
 
     @property
     def shape(self) -> torch.Size:

@@ -2,8 +2,9 @@
 
 The routing rows (token, slot) are sorted by expert so that each expert's tokens are gathered
 once into one contiguous block; every expert that received tokens then runs three matmuls on its
-block, and one scatter-add sums the rows back into their tokens. Packed weights go through
-`quant_matmul` one expert at a time (the fused Triton kernels on CUDA). The contract is in
+block, and one scatter-add sums the rows back into their tokens. Packed weights run the native
+CPU kernels where the layer made them ready (`PackedExperts.native`), the exact reference on
+other CPUs, and `quant_matmul` (the fused Triton kernels) on CUDA. The contract is in
 `mistralrs.kernels.moe`.
 """
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from mistralrs.kernels.gguf import quant_matmul
+from mistralrs.kernels.gguf import quant_matmul, quant_matmul_reference
 
 ACTIVATIONS = {
     "silu": F.silu,
@@ -24,7 +25,11 @@ def expert_matmul(x: torch.Tensor, weight, expert: int) -> torch.Tensor:
     """x @ W[expert].T for a float [E, N, K] weight or a `PackedExperts`."""
     if isinstance(weight, torch.Tensor):
         return F.linear(x, weight[expert])
-    return quant_matmul(x, weight.packed[expert], weight.qtype)
+    if weight.native is not None:
+        return weight.native[expert](x).to(x.dtype)
+    if x.is_cuda:
+        return quant_matmul(x, weight.packed[expert], weight.qtype)
+    return quant_matmul_reference(x, weight.packed[expert], weight.qtype)
 
 
 def fused_moe(x: torch.Tensor, w_gate, w_up, w_down, topk_weights: torch.Tensor,

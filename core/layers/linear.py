@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mistralrs.kernels import cpu
-from mistralrs.kernels.gguf import dequantize, quant_matmul
+from mistralrs.kernels.gguf import dequantize, quant_matmul, quant_matmul_reference
 from mistralrs.kernels.gguf.layout import as_qtype
 from mistralrs.kernels.gguf.packed import QuantizedTensor
 
@@ -76,8 +76,9 @@ class QuantLinear(nn.Module):
                 y = y.to(x.dtype)
         elif self.qweight is None:
             y = F.linear(x, self.weight)
-        else:
-            y = quant_matmul(x.reshape(-1, self.in_features), self.qweight, self.qtype)
+        else:  # CUDA kernels; on the CPU, the types the native kernels do not take (or none)
+            matmul = quant_matmul if self.qweight.is_cuda else quant_matmul_reference
+            y = matmul(x.reshape(-1, self.in_features), self.qweight, self.qtype)
             y = y.reshape(*x.shape[:-1], self.out_features)
         if self.bias is not None:
             y = y + self.bias

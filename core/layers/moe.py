@@ -21,7 +21,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mistralrs.kernels import cpu
 from mistralrs.kernels.gguf import dequantize
+from mistralrs.kernels.gguf.layout import as_qtype
 from mistralrs.kernels.gguf.packed import QuantizedTensor
 from mistralrs.kernels.moe import ACTIVATIONS, ExpertWeight, PackedExperts, fused_moe
 from mistralrs.layers.linear import QuantLinear
@@ -166,6 +168,8 @@ class ExpertLinear(nn.Module):
         self.register_buffer("qweight", None)
         self.qtype: int | None = None
         self._arrived: list[ExpertSlice] = []
+        self._native: tuple | None = None
+        self._native_from: torch.Tensor | None = None
 
     def load_checkpoint_tensor(self, leaf: str, value: ExpertSlice, dtype: torch.dtype) -> None:
         if not isinstance(value, ExpertSlice):
@@ -181,6 +185,7 @@ class ExpertLinear(nn.Module):
             self.qweight = packed.reshape(self.num_experts, self.out_features, -1)
             self.qtype = qtypes.pop()
             self.weight = None
+            self._repack()
             return
         floats = [dequantize(part.tensor.packed, part.tensor.qtype)
                   if isinstance(part.tensor, QuantizedTensor) else part.tensor for part in parts]
@@ -192,10 +197,27 @@ class ExpertLinear(nn.Module):
     def is_loaded(self) -> bool:
         return self.qweight is not None or not self.weight.is_meta
 
+    def _repack(self) -> None:
+        """Lay every expert out for the CPU kernels, once per `qweight` (as `QuantLinear`)."""
+        if self.qweight is self._native_from:
+            return
+        self._native_from, self._native = self.qweight, None
+        if self.qweight is not None:
+            experts = [cpu.repack(expert, as_qtype(self.qtype)) for expert in self.qweight]
+            if all(expert is not None for expert in experts):
+                self._native = tuple(cpu.PackedLinears([expert]) for expert in experts)
+
+    def _apply(self, fn, recurse=True):
+        result = super()._apply(fn, recurse)
+        self._repack()
+        return result
+
     @property
     def stacked(self) -> ExpertWeight:
         """The weight as `mistralrs.kernels.moe.fused_moe` takes it."""
-        return self.weight if self.qweight is None else PackedExperts(self.qweight, self.qtype)
+        if self.qweight is None:
+            return self.weight
+        return PackedExperts(self.qweight, self.qtype, self._native)
 
     def extra_repr(self) -> str:
         kind = f"qtype={self.qtype}" if self.qweight is not None else "float"

@@ -17,6 +17,7 @@ from gguf import GGMLQuantizationType as Q
 
 from mistralrs.kernels.gguf import (block_layout, dequantize_reference, quant_matmul,
                                     quant_matmul_reference, quant_matmul_triton)
+from mistralrs.kernels.cpu import activation_group, quantize_dequantize_rows
 from mistralrs.kernels.gguf.triton_matmul import FUSED_TYPES
 from test_gguf_dequant import GGUF_PY_QUANTIZES, random_blocks
 
@@ -90,7 +91,10 @@ def test_leading_dimensions_and_cpu_dispatch():
     x = torch.randn(2, 3, 256, generator=torch.Generator().manual_seed(0))
     expected = expected_product(x.reshape(6, 256), packed, Q.Q4_K).reshape(2, 3, N)
     assert relative_error(quant_matmul_triton(x, packed, Q.Q4_K), expected) < 1e-3
-    assert relative_error(quant_matmul(x, packed, Q.Q4_K), expected) < 1e-5  # CPU: cpu_matmul
+    # CPU: the native kernels, on activations quantized as llama.cpp's Q8_K
+    x_as_multiplied = quantize_dequantize_rows(x.reshape(6, 256), activation_group(Q.Q4_K))
+    assert relative_error(quant_matmul(x, packed, Q.Q4_K),
+                          expected_product(x_as_multiplied, packed, Q.Q4_K).reshape(2, 3, N)) < 1e-5
     assert relative_error(quant_matmul_reference(x, packed, Q.Q4_K), expected) < 1e-5
 
 

@@ -85,7 +85,10 @@ def packed(weight: torch.Tensor, qtype: Q) -> PackedExperts:
 
 
 @pytest.mark.parametrize("tokens", [1, T])
+@pytest.mark.usefixtures("reference_cpu_kernels")
 def test_cpu_path_matches_reference_on_float_and_packed_weights(tokens):
+    """The grouping by expert and the sums back into tokens, on the exact float32 matmuls (the
+    native kernels' int8 matmuls of packed experts are checked in test_cpu_native.py)."""
     x, weights, ids = routed(tokens)
     gate, up, down = experts(intermediate=I_PACKED)
     for w in [(gate, up, down), (packed(gate, Q.Q8_0), packed(up, Q.Q4_0), packed(down, Q.Q8_0))]:
@@ -143,6 +146,7 @@ def load_layer(block: MixtralSparseMoeBlock, qtype: Q | None = None) -> SparseMo
 
 
 @pytest.mark.parametrize("qtype", [None, Q.Q8_0], ids=["float", "Q8_0"])
+@pytest.mark.usefixtures("reference_cpu_kernels")
 def test_sparse_moe_layer_matches_transformers(qtype):
     block = transformers_block(I_PACKED)
     layer = load_layer(block, qtype)

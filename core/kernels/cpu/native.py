@@ -48,12 +48,12 @@ SIGNATURES = {
     "mrs_rope_cos_sin": (None, [_P, _L, _P, _I, _F, _P, _P]),
     "mrs_rotary": (None, [_P, _L, _L, _I, _P, _L, _L, _I, _L, _I, _P, _P]),
     "mrs_gated_activation": (None, [_P, _P, _L, _L, _I, _I, _P, _I]),
-    "mrs_paged_decode_attention": (None, [_P, _L, _L, _P, _L, _L, _L, _P, _L, _L, _L, _P, _P, _L,
-                                          _I, _I, _I, _I, _I, _I, _F, _I, _F, _P, _P, _I]),
+    "mrs_paged_decode_attention": (None, [_P, _L, _L, _P, _L, _L, _L, _P, _L, _L, _L, _I, _P, _P,
+                                          _L, _I, _I, _I, _I, _I, _I, _F, _I, _F, _P, _P, _I]),
     "mrs_decode_attention_scratch": (_L, [_I, _I, _I]),
     "mrs_argmax_rows": (None, [_P, _L, _L, _L, _P, _P]),
-    "mrs_store_kv": (None, [_P, _L, _L, _P, _L, _L, _P, _L, _L, _L, _P, _L, _L, _L, _P, _L, _I,
-                            _I, _I, _I]),
+    "mrs_store_kv": (None, [_P, _L, _L, _P, _L, _L, _P, _L, _L, _L, _P, _L, _L, _L, _I, _P, _L,
+                            _I, _I, _I, _I]),
 }
 
 
@@ -181,7 +181,7 @@ def load(path: Path) -> ctypes.CDLL:
 def _load() -> ctypes.CDLL | None:
     here = Path(__file__).resolve().parent
     key = hashlib.sha256()
-    for source in (*SOURCES, "threads.h"):
+    for source in (*SOURCES, "threads.h", "fp16.h"):
         key.update((here / source).read_bytes())
     key.update(" ".join(FLAGS).encode())
     key.update(_cpu_flags().encode())

@@ -9,12 +9,16 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "fp16.h"
 #include "threads.h"
 
 #define MRS_DECODE_MAX_SPLITS 8
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define MRS_AVX512 1
 #include <immintrin.h>
+#else
+#define MRS_AVX512 0
 #endif
 
 /* sum a[i] * b[i], vectorized explicitly: the compiler's own vectorized reduction pays a
@@ -22,7 +26,7 @@
 static inline float dot(const float *a, const float *b, int n) {
     int i = 0;
     float s = 0.0f;
-#if defined(__AVX512F__)
+#if MRS_AVX512
     __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
     for (; i + 32 <= n; i += 32) {
         acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc0);
@@ -38,29 +42,34 @@ static inline float dot(const float *a, const float *b, int n) {
     return s;
 }
 
-/* p[j] = exp(s[j] - shift) for j < n, and their sum. AVX-512: Cephes' expf polynomial
- * (range reduction by ln 2 in two parts, degree-5 polynomial, 2^n by exponent bits), within a
- * few ulp of libm. */
+#if MRS_AVX512
+/* exp(x) for 16 lanes: Cephes' expf (range reduction by ln 2 in two parts, degree-5
+ * polynomial, 2^n by scalef), within a few ulp of libm; arguments clamped to [-87.3, 88.7]. */
+static inline __m512 exp16(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.7f));
+    const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    x = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
+    x = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), x);
+    __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.3981999507e-3f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(8.3334519073e-3f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(4.1665795894e-2f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.6666665459e-1f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(5.0000001201e-1f));
+    y = _mm512_fmadd_ps(y, _mm512_mul_ps(x, x), _mm512_add_ps(x, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(y, k);
+}
+#endif
+
+/* p[j] = exp(s[j] - shift) for j < n, and their sum. */
 static float exp_shifted(const float *s, float shift, float *p, int n) {
     int j = 0;
     float total = 0.0f;
-#if defined(__AVX512F__)
-    const __m512 log2e = _mm512_set1_ps(1.44269504088896341f), c1 = _mm512_set1_ps(0.693359375f),
-                 c2 = _mm512_set1_ps(-2.12194440e-4f), lo = _mm512_set1_ps(-87.3f);
+#if MRS_AVX512
     __m512 sum = _mm512_setzero_ps();
     for (; j + 16 <= n; j += 16) {
-        __m512 x = _mm512_max_ps(_mm512_sub_ps(_mm512_loadu_ps(s + j), _mm512_set1_ps(shift)), lo);
-        __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        x = _mm512_fnmadd_ps(k, c1, x);
-        x = _mm512_fnmadd_ps(k, c2, x);
-        __m512 y = _mm512_set1_ps(1.9875691500e-4f);
-        y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.3981999507e-3f));
-        y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(8.3334519073e-3f));
-        y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(4.1665795894e-2f));
-        y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.6666665459e-1f));
-        y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(5.0000001201e-1f));
-        y = _mm512_fmadd_ps(y, _mm512_mul_ps(x, x), _mm512_add_ps(x, _mm512_set1_ps(1.0f)));
-        y = _mm512_scalef_ps(y, k);
+        const __m512 y = exp16(_mm512_sub_ps(_mm512_loadu_ps(s + j), _mm512_set1_ps(shift)));
         _mm512_storeu_ps(p + j, y);
         sum = _mm512_add_ps(sum, y);
     }
@@ -188,7 +197,26 @@ static void gated_part(void *arg, int part, int parts) {
     for (long long r = first; r < last; r++) {
         const float *g = c->gate + r * c->in_stride, *u = c->up + r * c->in_stride;
         float *o = c->out + r * c->inter;
-        for (int i = 0; i < c->inter; i++) o[i] = activate(g[i], c->act) * u[i];
+        int i = 0;
+#if MRS_AVX512
+        if (c->act == ACT_SILU || c->act == ACT_GELU_TANH) {
+            const __m512 one = _mm512_set1_ps(1.0f);
+            for (; i + 16 <= c->inter; i += 16) {
+                const __m512 x = _mm512_loadu_ps(g + i);
+                __m512 y;
+                if (c->act == ACT_SILU) { /* x / (1 + e^-x) */
+                    y = _mm512_div_ps(x, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+                } else { /* 0.5 x (1 + tanh(z)) = x - x / (e^2z + 1) */
+                    const __m512 z = _mm512_mul_ps(_mm512_set1_ps(0.7978845608028654f),
+                                                   _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(0.044715f), x),
+                                                                   _mm512_mul_ps(x, x), x));
+                    y = _mm512_sub_ps(x, _mm512_div_ps(x, _mm512_add_ps(exp16(_mm512_add_ps(z, z)), one)));
+                }
+                _mm512_storeu_ps(o + i, _mm512_mul_ps(y, _mm512_loadu_ps(u + i)));
+            }
+        }
+#endif
+        for (; i < c->inter; i++) o[i] = activate(g[i], c->act) * u[i];
     }
 }
 
@@ -199,10 +227,11 @@ void mrs_gated_activation(const float *gate, const float *up, long long in_strid
 }
 
 /* Attention of one query row per sequence over the paged cache: q [B, Hq, Dk] (strides q_b,
- * q_h); k_cache [blocks, block_size, Hkv, .] and v_cache likewise, with strides (cache_block,
- * cache_slot, cache_head) in elements each (v may be a view into k); sequence b attends to
- * positions [first, context_lens[b]) with first = context - window when a window is set;
- * scores are q.k * scale, soft-capped when softcap > 0. out [B, Hq, Dv] (contiguous).
+ * q_h); k_cache [blocks, block_size, Hkv, .] and v_cache likewise, float32 or float16
+ * (`kv_f16`), with strides (cache_block, cache_slot, cache_head) in elements each (v may be a
+ * view into k); sequence b attends to positions [first, context_lens[b]) with first = context -
+ * window when a window is set; scores are q.k * scale, soft-capped when softcap > 0.
+ * out [B, Hq, Dv] (contiguous, float32).
  *
  * Work items are (sequence, kv head, slice of the positions): one item serves every query head
  * of its kv head (each key and value row is read once for the group), and long contexts are
@@ -212,10 +241,11 @@ void mrs_gated_activation(const float *gate, const float *up, long long in_strid
 typedef struct {
     const float *q;
     long long q_b, q_h;
-    const float *k_cache;
+    const char *k_cache;
     long long kb, ks, kh;
-    const float *v_cache;
+    const char *v_cache;
     long long vb, vs, vh;
+    int kv_f16;
     const int32_t *context_lens, *block_tables;
     long long table_stride;
     int kv_heads, group, dk, dv, block_size, window, splits;
@@ -224,31 +254,21 @@ typedef struct {
     long long items;
 } decode_ctx;
 
-/* Ask for the rows of a cache block (one head's `dim` floats at each of `rows` slots, `slot`
- * apart) before they are read: a decode step reads the whole context from memory, and the
- * hardware prefetcher does not follow the block table. */
-static inline void prefetch_block(const float *first_row, long long slot, int rows, int dim) {
-    for (int r = 0; r < rows; r++)
-        for (int i = 0; i < dim; i += 16) __builtin_prefetch(first_row + r * slot + i, 0, 1);
+static inline float load1(const void *row, int i, int f16) {
+    return f16 ? fp16_to_fp32(((const uint16_t *)row)[i]) : ((const float *)row)[i];
 }
 
-static float *partial_of(const decode_ctx *c, long long task, int split, int g) {
-    return c->partial + ((task * c->splits + split) * c->group + g) * (2 + c->dv);
+#if MRS_AVX512
+static inline __m512 load16(const void *row, int i, int f16) {
+    return f16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)row + i)))
+               : _mm512_loadu_ps((const float *)row + i);
 }
 
-/* The rows (one head's features) of positions [start, start + n) of a sequence's cache. */
-static void cache_rows(const float *head, const int32_t *table, long long block_stride,
-                       long long slot_stride, int block_size, int start, int n, int dim,
-                       const float **rows) {
-    for (int j = 0, blk = start / block_size, off = start % block_size; j < n; j++) {
-        if (off == 0 || j == 0) prefetch_block(head + table[blk] * block_stride + off * slot_stride,
-                                               slot_stride, block_size - off, dim);
-        rows[j] = head + table[blk] * block_stride + off * slot_stride;
-        if (++off == block_size) { off = 0; blk++; }
-    }
+static inline __m512 load16_masked(const void *row, int i, __mmask16 keep, int f16) {
+    return f16 ? _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(keep, (const uint16_t *)row + i))
+               : _mm512_maskz_loadu_ps(keep, (const float *)row + i);
 }
 
-#if defined(__AVX512F__)
 /* lane r = sum of the 16 lanes of a[r], for r < 16: a transposing reduction, ~3 instructions a
  * sum instead of ~10 for one horizontal reduction each. */
 static inline __m512 reduce16(__m512 a[16]) {
@@ -267,41 +287,80 @@ static inline __m512 reduce16(__m512 a[16]) {
 }
 #endif
 
+/* Ask for the rows of a cache block (`rows` slots `slot_bytes` apart, `row_bytes` each)
+ * before they are read: a decode step reads the whole context from memory, and the hardware
+ * prefetcher does not follow the block table. */
+static inline void prefetch_rows(const char *first_row, long long slot_bytes, int rows,
+                                 int row_bytes) {
+    for (int r = 0; r < rows; r++)
+        for (int i = 0; i < row_bytes; i += 64) __builtin_prefetch(first_row + r * slot_bytes + i, 0, 1);
+}
+
+static float *partial_of(const decode_ctx *c, long long task, int split, int g) {
+    return c->partial + ((task * c->splits + split) * c->group + g) * (2 + c->dv);
+}
+
+static void widen_row(float *dst, const void *src, int n) {
+    int i = 0;
+#if MRS_AVX512
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, load16(src, i, 1));
+#endif
+    for (; i < n; i++) dst[i] = fp16_to_fp32(((const uint16_t *)src)[i]);
+}
+
+/* The rows (one head's features) of positions [start, start + n) of a sequence's cache. */
+static void cache_rows(const char *head, const int32_t *table, long long block_bytes,
+                       long long slot_bytes, int block_size, int start, int n, int row_bytes,
+                       const void **rows) {
+    for (int j = 0, blk = start / block_size, off = start % block_size; j < n; j++) {
+        const char *row = head + table[blk] * block_bytes + off * slot_bytes;
+        if (off == 0 || j == 0) prefetch_rows(row, slot_bytes, block_size - off, row_bytes);
+        rows[j] = row;
+        if (++off == block_size) { off = 0; blk++; }
+    }
+}
+
 /* scores[j] = q . rows[j] for j < n (n <= 16). */
-static void dots(const float *q, const float **rows, int n, int dim, float *scores) {
-#if defined(__AVX512F__)
+static inline __attribute__((always_inline)) void dots(const float *q, const void **rows, int n,
+                                                       int dim, float *scores, const int f16) {
+#if MRS_AVX512
     __m512 acc[16];
     for (int r = 0; r < 16; r++) acc[r] = _mm512_setzero_ps();
     int i = 0;
     for (; i + 16 <= dim; i += 16) {
         const __m512 qv = _mm512_loadu_ps(q + i);
-        for (int r = 0; r < n; r++) acc[r] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(rows[r] + i), acc[r]);
+        for (int r = 0; r < n; r++) acc[r] = _mm512_fmadd_ps(qv, load16(rows[r], i, f16), acc[r]);
     }
     if (i < dim) {
         const __mmask16 tail = (__mmask16)((1u << (dim - i)) - 1);
         const __m512 qv = _mm512_maskz_loadu_ps(tail, q + i);
         for (int r = 0; r < n; r++)
-            acc[r] = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(tail, rows[r] + i), acc[r]);
+            acc[r] = _mm512_fmadd_ps(qv, load16_masked(rows[r], i, tail, f16), acc[r]);
     }
     _mm512_mask_storeu_ps(scores, (__mmask16)((1u << n) - 1), reduce16(acc));
 #else
-    for (int r = 0; r < n; r++) scores[r] = dot(q, rows[r], dim);
+    for (int r = 0; r < n; r++) {
+        float s = 0.0f;
+        for (int i = 0; i < dim; i++) s += q[i] * load1(rows[r], i, f16);
+        scores[r] = s;
+    }
 #endif
 }
 
 /* o_g[i] += sum_j p_g[j] * rows[j][i] for the `heads` (<= 4) heads g of one kv head: with
  * AVX-512 each 64-feature slice of the heads' outputs stays in registers over all n rows. */
-static void accumulate_values(float *const *o, const float *const *p, int heads,
-                              const float **rows, int n, int dim) {
+static inline __attribute__((always_inline)) void accumulate_values(
+    float *const *o, const float *const *p, int heads, const void **rows, int n, int dim,
+    const int f16) {
     int i = 0;
-#if defined(__AVX512F__)
+#if MRS_AVX512
     for (; i + 64 <= dim; i += 64) {
         __m512 acc[4][4];
         for (int g = 0; g < heads; g++)
             for (int t = 0; t < 4; t++) acc[g][t] = _mm512_loadu_ps(o[g] + i + 16 * t);
         for (int j = 0; j < n; j++) {
-            const __m512 v0 = _mm512_loadu_ps(rows[j] + i), v1 = _mm512_loadu_ps(rows[j] + i + 16);
-            const __m512 v2 = _mm512_loadu_ps(rows[j] + i + 32), v3 = _mm512_loadu_ps(rows[j] + i + 48);
+            const __m512 v0 = load16(rows[j], i, f16), v1 = load16(rows[j], i + 16, f16);
+            const __m512 v2 = load16(rows[j], i + 32, f16), v3 = load16(rows[j], i + 48, f16);
             for (int g = 0; g < heads; g++) {
                 const __m512 w = _mm512_set1_ps(p[g][j]);
                 acc[g][0] = _mm512_fmadd_ps(w, v0, acc[g][0]);
@@ -317,16 +376,16 @@ static void accumulate_values(float *const *o, const float *const *p, int heads,
     for (; i < dim; i++)
         for (int g = 0; g < heads; g++) {
             float s = o[g][i];
-            for (int j = 0; j < n; j++) s += p[g][j] * rows[j][i];
+            for (int j = 0; j < n; j++) s += p[g][j] * load1(rows[j], i, f16);
             o[g][i] = s;
         }
 }
 
-static void decode_part(void *arg, int part, int parts) {
-    const decode_ctx *c = arg;
-    const int dk = c->dk, dv = c->dv, bs = c->block_size, group = c->group;
-    float scores[group][CHUNK];
-    const float *krows[CHUNK], *vrows[CHUNK];
+static inline __attribute__((always_inline)) void decode_items(const decode_ctx *c, int part,
+                                                               int parts, const int f16) {
+    const int dk = c->dk, dv = c->dv, bs = c->block_size, group = c->group, es = f16 ? 2 : 4;
+    float scores[group][CHUNK], wide_keys[f16 && group > 1 ? CHUNK * dk : 1];
+    const void *krows[CHUNK], *vrows[CHUNK];
     PART_RANGE(c->items, part, parts, first_item, last_item);
     for (long long item = first_item; item < last_item; item++) {
         const long long task = item / c->splits;
@@ -337,7 +396,7 @@ static void decode_part(void *arg, int part, int parts) {
         const int lo = first + (int)((long long)(context - first) * split / c->splits);
         const int hi = first + (int)((long long)(context - first) * (split + 1) / c->splits);
         const int32_t *table = c->block_tables + b * c->table_stride;
-        const float *k_head = c->k_cache + kvh * c->kh, *v_head = c->v_cache + kvh * c->vh;
+        const char *k_head = c->k_cache + kvh * c->kh * es, *v_head = c->v_cache + kvh * c->vh * es;
         const float *q0 = c->q + b * c->q_b + (long long)kvh * group * c->q_h;
         for (int g = 0; g < group; g++) {
             float *st = partial_of(c, task, split, g);
@@ -347,11 +406,21 @@ static void decode_part(void *arg, int part, int parts) {
         }
         for (int start = lo; start < hi; start += CHUNK) {
             const int n = hi - start < CHUNK ? hi - start : CHUNK;
-            cache_rows(k_head, table, c->kb, c->ks, bs, start, n, dk, krows);
-            cache_rows(v_head, table, c->vb, c->vs, bs, start, n, dv, vrows);
+            cache_rows(k_head, table, c->kb * es, c->ks * es, bs, start, n, dk * es, krows);
+            cache_rows(v_head, table, c->vb * es, c->vs * es, bs, start, n, dv * es, vrows);
+            /* float16 keys read by several query heads: widen them once */
+            const int widen = f16 && group > 1;
+            if (widen)
+                for (int j = 0; j < n; j++) {
+                    widen_row(wide_keys + (long long)j * dk, krows[j], dk);
+                    krows[j] = wide_keys + (long long)j * dk;
+                }
             for (int g = 0; g < group; g++) {
                 float *sc = scores[g];
-                for (int j = 0; j < n; j += 16) dots(q0 + g * c->q_h, krows + j, n - j < 16 ? n - j : 16, dk, sc + j);
+                for (int j = 0; j < n; j += 16) {
+                    if (widen) dots(q0 + g * c->q_h, krows + j, n - j < 16 ? n - j : 16, dk, sc + j, 0);
+                    else dots(q0 + g * c->q_h, krows + j, n - j < 16 ? n - j : 16, dk, sc + j, f16);
+                }
                 float *st = partial_of(c, task, split, g), *o = st + 2, chunk_max = -INFINITY;
                 for (int j = 0; j < n; j++) {
                     sc[j] *= c->scale;
@@ -373,20 +442,27 @@ static void decode_part(void *arg, int part, int parts) {
                     o[g] = partial_of(c, task, split, g0 + g) + 2;
                     p[g] = scores[g0 + g];
                 }
-                accumulate_values(o, p, heads, vrows, n, dv);
+                accumulate_values(o, p, heads, vrows, n, dv, f16);
             }
         }
     }
 }
 
+static void decode_part(void *arg, int part, int parts) {
+    const decode_ctx *c = arg;
+    if (c->kv_f16) decode_items(c, part, parts, 1);
+    else decode_items(c, part, parts, 0);
+}
+
 void mrs_paged_decode_attention(const float *q, long long q_b, long long q_h,
-                                const float *k_cache, long long kb, long long ks, long long kh,
-                                const float *v_cache, long long vb, long long vs, long long vh,
-                                const int32_t *context_lens, const int32_t *block_tables,
-                                long long table_stride, int batch, int q_heads, int kv_heads,
-                                int dk, int dv, int block_size, float scale, int window,
-                                float softcap, float *out, float *partial, int nthreads) {
-    decode_ctx c = {q, q_b, q_h, k_cache, kb, ks, kh, v_cache, vb, vs, vh, context_lens,
+                                const void *k_cache, long long kb, long long ks, long long kh,
+                                const void *v_cache, long long vb, long long vs, long long vh,
+                                int kv_f16, const int32_t *context_lens,
+                                const int32_t *block_tables, long long table_stride, int batch,
+                                int q_heads, int kv_heads, int dk, int dv, int block_size,
+                                float scale, int window, float softcap, float *out,
+                                float *partial, int nthreads) {
+    decode_ctx c = {q, q_b, q_h, k_cache, kb, ks, kh, v_cache, vb, vs, vh, kv_f16, context_lens,
                     block_tables, table_stride, kv_heads, q_heads / kv_heads, dk, dv, block_size,
                     window, 1, scale, softcap, partial, 0};
     const long long tasks = (long long)batch * kv_heads;
@@ -423,21 +499,41 @@ long long mrs_decode_attention_scratch(int batch, int q_heads, int dv) {
     return (long long)batch * q_heads * MRS_DECODE_MAX_SPLITS * (2 + dv);
 }
 
-/* Write token t's key and value rows into cache slot slots[t] (skipping negative slots). */
+static void to_fp16(uint16_t *dst, const float *src, int n) {
+    int i = 0;
+#if MRS_AVX512
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i *)(dst + i),
+                            _mm512_cvtps_ph(_mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+#endif
+    for (; i < n; i++) dst[i] = fp32_to_fp16(src[i]);
+}
+
+/* Write token t's key and value rows (float32) into cache slot slots[t] (skipping negative
+ * slots), converting to float16 for float16 caches (`kv_f16`). */
 void mrs_store_kv(const float *k, long long k_t, long long k_h, const float *v, long long v_t,
-                  long long v_h, float *k_cache, long long kb, long long ks, long long kh,
-                  float *v_cache, long long vb, long long vs, long long vh, const int64_t *slots,
-                  long long tokens, int kv_heads, int dk, int dv, int block_size) {
+                  long long v_h, void *k_cache, long long kb, long long ks, long long kh,
+                  void *v_cache, long long vb, long long vs, long long vh, int kv_f16,
+                  const int64_t *slots, long long tokens, int kv_heads, int dk, int dv,
+                  int block_size) {
     for (long long t = 0; t < tokens; t++) {
         const int64_t slot = slots[t];
         if (slot < 0) continue;
         const long long blk = slot / block_size, off = slot % block_size;
         for (int h = 0; h < kv_heads; h++) {
-            memcpy(k_cache + blk * kb + off * ks + h * kh, k + t * k_t + h * k_h, sizeof(float) * dk);
-            memcpy(v_cache + blk * vb + off * vs + h * vh, v + t * v_t + h * v_h, sizeof(float) * dv);
+            const long long k_at = blk * kb + off * ks + h * kh, v_at = blk * vb + off * vs + h * vh;
+            const float *ks_row = k + t * k_t + h * k_h, *vs_row = v + t * v_t + h * v_h;
+            if (!kv_f16) {
+                memcpy((float *)k_cache + k_at, ks_row, sizeof(float) * dk);
+                memcpy((float *)v_cache + v_at, vs_row, sizeof(float) * dv);
+                continue;
+            }
+            to_fp16((uint16_t *)k_cache + k_at, ks_row, dk);
+            to_fp16((uint16_t *)v_cache + v_at, vs_row, dv);
         }
     }
 }
+
 
 /* For each row of x [rows, cols] (rows `stride` apart): the first index of its largest value
  * into argmax[r], and whether it holds a NaN into nan[r]. */
@@ -448,7 +544,7 @@ void mrs_argmax_rows(const float *x, long long rows, long long cols, long long s
         long long i = 0, best = 0;
         float best_value = cols ? row[0] : 0.0f;
         int has_nan = 0;
-#if defined(__AVX512F__)
+#if MRS_AVX512
         if (cols >= 16) {
             /* lane-wise maxima (first index per lane on ties), then the best lane */
             __m512 value = _mm512_loadu_ps(row);

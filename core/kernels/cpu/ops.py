@@ -25,6 +25,13 @@ def usable(*tensors: torch.Tensor) -> bool:
     return True
 
 
+def usable_cache(k_cache: torch.Tensor, v_cache: torch.Tensor) -> bool:
+    """KV caches the attention kernels read: float32 or float16, on the CPU, rows contiguous."""
+    return native.library() is not None and all(
+        c.is_cpu and c.dtype in (torch.float32, torch.float16) and c.stride(-1) == 1
+        for c in (k_cache, v_cache)) and k_cache.dtype == v_cache.dtype
+
+
 def _row_layout(x: torch.Tensor) -> tuple[int, int, int, int] | None:
     """x [..., D] as rows for the kernels: (rows, outer stride, inner stride, inner count), the
     leading dimensions read as [outer, inner] (a [T, H, D] view of a wider buffer is fine);
@@ -86,20 +93,20 @@ def gated_activation(gate: torch.Tensor, up: torch.Tensor, act: str) -> torch.Te
 
 def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
              slot_mapping: torch.Tensor) -> None:
-    """`attention.store_kv` for float32 caches (int64 slots)."""
+    """`attention.store_kv` for float32 k, v and float32 or float16 caches (int64 slots)."""
     native.call(native.library().mrs_store_kv, k.data_ptr(), k.stride(0), k.stride(1),
                 v.data_ptr(), v.stride(0), v.stride(1), k_cache.data_ptr(),
                 *k_cache.stride()[:3], v_cache.data_ptr(), *v_cache.stride()[:3],
-                slot_mapping.data_ptr(), k.shape[0], k.shape[1], k.shape[2], v.shape[2],
-                k_cache.shape[1])
+                int(k_cache.dtype == torch.float16), slot_mapping.data_ptr(), k.shape[0],
+                k.shape[1], k.shape[2], v.shape[2], k_cache.shape[1])
 
 
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            context_lens: torch.Tensor, block_tables: torch.Tensor, *, scale: float,
                            sliding_window: int | None = None,
                            softcap: float | None = None) -> torch.Tensor:
-    """`attention.paged_decode_attention` for float32 caches: q [B, Hq, Dk] -> [B, Hq, Dv]
-    (contiguous context_lens and block_tables)."""
+    """`attention.paged_decode_attention` for float32 q and float32 or float16 caches:
+    q [B, Hq, Dk] -> float32 [B, Hq, Dv] (contiguous context_lens and block_tables)."""
     batch, q_heads, dk = q.shape
     dv = v_cache.shape[3]
     lib = native.library()
@@ -107,7 +114,8 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     partial = scratch_bytes(4 * lib.mrs_decode_attention_scratch(batch, q_heads, dv))
     native.call(lib.mrs_paged_decode_attention, q.data_ptr(), q.stride(0), q.stride(1),
                 k_cache.data_ptr(), *k_cache.stride()[:3], v_cache.data_ptr(),
-                *v_cache.stride()[:3], context_lens.data_ptr(), block_tables.data_ptr(),
+                *v_cache.stride()[:3], int(k_cache.dtype == torch.float16),
+                context_lens.data_ptr(), block_tables.data_ptr(),
                 block_tables.stride(0), batch, q_heads, k_cache.shape[2], dk, dv,
                 k_cache.shape[1], scale, sliding_window or 0, softcap or 0.0, out.data_ptr(),
                 partial.data_ptr(), threads())

@@ -27,6 +27,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "fp16.h"
 #include "threads.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
@@ -79,21 +80,6 @@ static int record_bytes(const layout_t *l) {
 }
 
 /* ---- reading one GGUF block of 32 columns: codes u[32], and per sub-block d, m ---------- */
-
-static float fp16_to_fp32(uint16_t h) {
-    uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 31, man = h & 1023, bits;
-    if (exp == 31) bits = sign | 0x7f800000u | (man << 13);
-    else if (exp) bits = sign | ((exp + 112) << 23) | (man << 13);
-    else if (!man) bits = sign;
-    else { /* subnormal: normalize */
-        exp = 113;
-        while (!(man & 1024)) { man <<= 1; exp--; }
-        bits = sign | (exp << 23) | ((man & 1023) << 13);
-    }
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
 
 static uint16_t rd16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
 static uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
@@ -415,18 +401,6 @@ static act_row_t act_row(uint8_t *base, long long k, long long r) {
     return a;
 }
 
-/* f rounded to the nearest fp16 value (ties to even), as a float. */
-static float round_fp16(float f) {
-    const float a = fabsf(f);
-    if (a < 6.103515625e-05f) return nearbyintf(f * 16777216.0f) / 16777216.0f; /* subnormal */
-    if (a >= 65520.0f) return copysignf(INFINITY, f);
-    uint32_t x;
-    memcpy(&x, &f, 4);
-    x = (x + 0x0FFFu + ((x >> 13) & 1u)) & ~0x1FFFu;
-    memcpy(&f, &x, 4);
-    return f;
-}
-
 static void quantize_row(const float *x, long long k, int group, act_row_t a) {
     for (long long g0 = 0; g0 < k; g0 += group) {
         float amax = 0.0f, max = 0.0f;
@@ -639,6 +613,7 @@ typedef void (*tile_fn)(const uint8_t *, int, const layout_t *, const uint8_t *,
         case 1: tile_vnni(wg, blocks, &l, acts, k, m0, 1, out, os, cols, acc); return;              \
         case 2: tile_vnni(wg, blocks, &l, acts, k, m0, 2, out, os, cols, acc); return;              \
         case 3: tile_vnni(wg, blocks, &l, acts, k, m0, 3, out, os, cols, acc); return;              \
+        case 4: tile_vnni(wg, blocks, &l, acts, k, m0, 4, out, os, cols, acc); return;              \
         default: tile_vnni(wg, blocks, &l, acts, k, m0, MT, out, os, cols, acc); return;            \
         }                                                                                      \
     }

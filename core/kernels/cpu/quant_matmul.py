@@ -77,12 +77,14 @@ def scratch_bytes(size: int) -> torch.Tensor:
 class PackedLinears:
     """Several repacked weights with the same `in_features`, applied to one input: the outputs
     side by side, float32 [..., sum of out_features]. One native call per activation group
-    among the weights (usually one call)."""
+    among the weights (usually one call). An instance reuses its job descriptions from call to
+    call: one thread at a time (an engine's), each thread its own instance."""
 
     def __init__(self, weights: Sequence[RepackedWeight]):
         if len({w.in_features for w in weights}) != 1 or not 1 <= len(weights) <= 16:
             raise ValueError("PackedLinears takes 1 to 16 weights sharing in_features")
         self._lib = native.library()
+        self.weights = list(weights)  # the jobs point into their records
         self.in_features = weights[0].in_features
         self._activation_row_bytes = self._lib.mrs_activation_bytes(1, self.in_features)
         self.out_features = sum(w.out_features for w in weights)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from . import cpu_matmul, reference, triton_dequant
+from . import reference, triton_dequant
 from .common import Dequantizer
 from .iquants import DEQUANTIZERS as IQ_DEQUANTIZERS
 from .layout import as_qtype, as_rows, block_layout, row_elements
@@ -90,13 +90,17 @@ def quant_matmul(x: torch.Tensor, packed: torch.Tensor, qtype: QType) -> torch.T
 
 
 def quant_matmul_cpu(x: torch.Tensor, packed: torch.Tensor, qtype: QType) -> torch.Tensor:
-    """The CPU kernels of `cpu_matmul` for the integer types. This lays W out on every call; a
-    layer that calls it repeatedly keeps `cpu_matmul.prepare(packed, qtype)` and calls
-    `cpu_matmul.matmul` instead."""
+    """The native CPU kernels (`mistralrs.kernels.cpu`: x quantized to int8 per 32 or 256
+    columns, as llama.cpp) for the types they take, the reference otherwise. This repacks W on
+    every call; a layer that calls it repeatedly keeps `cpu.repack(packed, qtype)` and a
+    `cpu.PackedLinears` instead."""
+    from mistralrs.kernels import cpu
+
     qtype = _checked_matmul_type(x, packed, qtype)
-    if qtype not in cpu_matmul.SUPPORTED_TYPES:
+    repacked = cpu.repack(packed, qtype)
+    if repacked is None:
         return quant_matmul_reference(x, packed, qtype)
-    return cpu_matmul.matmul(x, cpu_matmul.prepare(packed, qtype))
+    return cpu.PackedLinears([repacked])(x).to(x.dtype)
 
 
 def quant_matmul_reference(x: torch.Tensor, packed: torch.Tensor, qtype: QType) -> torch.Tensor:

@@ -1,0 +1,289 @@
+"""The native CPU kernels (`mistralrs.kernels.cpu`) against independent oracles.
+
+Each check runs twice: on the library this machine builds (AVX-512 VNNI here) and on one built
+without AVX-512, so that the portable code is checked too. Oracles: gguf-py's dequantization
+(through `dequantize_reference`, bit-exact with it) for what the repacked records hold; float64
+matmuls of the quantized activations for the matmuls (the kernels' products are exact in int32,
+so only the float scaling and summation order differ: 1e-5 relative); gguf-py's Q8_0 quantizer
+and a transcription of llama.cpp's `quantize_row_q8_K_ref` for the activations; the torch
+reference paths (`attention_reference`, the layers' torch code) for the small ops.
+"""
+from __future__ import annotations
+
+import logging
+import platform
+import threading
+
+import gguf
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from gguf import GGMLQuantizationType as Q
+
+from mistralrs.kernels import attention_reference, cpu
+from mistralrs.kernels.cpu import native, ops
+from mistralrs.kernels.gguf import block_layout, dequantize_reference
+from mistralrs.layers.rotary import _rotate
+from test_gguf_matmul import packed_weight
+
+TYPES = sorted(cpu.SUPPORTED_TYPES, key=int)
+
+
+def portable_flags() -> tuple[str, ...]:
+    """The build flags without AVX-512 (the kernels' portable code)."""
+    extra = ("-mno-avx512f",) if platform.machine() in ("x86_64", "AMD64") else ()
+    return (*native.FLAGS, *extra)
+
+
+@pytest.fixture(scope="module")
+def portable_library(tmp_path_factory):
+    target = tmp_path_factory.mktemp("native") / "libmistralrs_cpu_portable.so"
+    native.build(target, portable_flags())
+    lib = native.load(target)
+    assert lib.mrs_has_vnni() == 0
+    return lib
+
+
+@pytest.fixture(params=["native", "portable"])
+def kernels(request, monkeypatch):
+    """Which build the test runs on (the module functions call `native.library()`)."""
+    if request.param == "portable":
+        lib = request.getfixturevalue("portable_library")
+        monkeypatch.setattr(native, "library", lambda: lib)
+    assert native.library() is not None
+    return request.param
+
+
+def finite_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    same_nonfinite = torch.equal(torch.isfinite(a), torch.isfinite(b))
+    finite = torch.isfinite(b)
+    return same_nonfinite and torch.equal(a[finite], b[finite])
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda q: q.name)
+def test_repacked_records_hold_the_files_weights_bit_for_bit(kernels, qtype):
+    elements, _ = block_layout(qtype)
+    packed = packed_weight(qtype, 37, 2 * max(elements, 32))  # 37 rows: a padded last group
+    weight = cpu.repack(packed, qtype)
+    assert weight.out_features == 37
+    assert finite_equal(cpu.dequantize_repacked(weight), dequantize_reference(packed, qtype))
+
+
+def q8_1_min_term_correction(x: torch.Tensor, x_q: torch.Tensor, packed: torch.Tensor,
+                             block_bytes: int) -> torch.Tensor:
+    """What llama.cpp's Q8_1 changes in x_q @ W.T for Q4_1/Q5_1 weights (w = d q + m): the min
+    term multiplies m by fp16(d * sum of the block's codes), d the block's unrounded scale,
+    instead of by the sum of the block's values (the fp16-rounded d times the code sum)."""
+    m, k = x.shape
+    d = x.view(m, -1, 32).abs().amax(-1) / 127
+    block_sums = x_q.double().view(m, -1, 32).sum(-1)
+    code_sums = block_sums / d.half().double()
+    stored = (d * code_sums.float()).half().double()
+    mins = packed.view(packed.shape[0], -1, block_bytes)[:, :, 2:4].contiguous()
+    mins = mins.view(torch.float16).double().view(packed.shape[0], -1)
+    return (stored - block_sums) @ mins.T
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda q: q.name)
+def test_matmul_is_float_math_on_the_quantized_activations(kernels, qtype):
+    elements, block_bytes = block_layout(qtype)
+    k = 2 * max(elements, 32)
+    packed = packed_weight(qtype, 37, k)
+    weights = dequantize_reference(packed, qtype).double()
+    linears = cpu.PackedLinears([cpu.repack(packed, qtype)])
+    for m in (1, 3, 4, 5, 9):  # partial and whole tiles of 4 rows
+        x = torch.randn(m, k, generator=torch.Generator().manual_seed(m))
+        x_q = cpu.quantize_dequantize_rows(x, cpu.activation_group(qtype))
+        expected = x_q.double() @ weights.T
+        if qtype in (Q.Q4_1, Q.Q5_1):
+            expected += q8_1_min_term_correction(x, x_q, packed, block_bytes)
+        error = (linears(x).double() - expected).abs().max() / expected.abs().max()
+        assert error < 1e-5, (m, error.item())
+
+
+def test_activations_are_quantized_as_llama_cpp_quantizes_them(kernels):
+    x = torch.randn(5, 512, generator=torch.Generator().manual_seed(0)) * 3
+    # Q8_0 (legacy weight types): gguf-py's quantizer, scales stored as fp16
+    q8_0 = gguf.quants.quantize(x.numpy(), Q.Q8_0)
+    expected = torch.from_numpy(gguf.quants.dequantize(q8_0, Q.Q8_0))
+    assert torch.equal(cpu.quantize_dequantize_rows(x, 32), expected)
+    # Q8_K (K-quant weights): llama.cpp's quantize_row_q8_K_ref, groups of 256, float32 scale
+    groups = x.numpy().reshape(-1, 256)
+    signed_max = groups[np.arange(len(groups)), np.abs(groups).argmax(1)][:, None]
+    iscale = np.float32(-127.0) / signed_max
+    codes = np.minimum(np.rint(iscale * groups), 127)
+    expected_k = torch.from_numpy((codes * (np.float32(1.0) / iscale)).astype(np.float32))
+    assert torch.equal(cpu.quantize_dequantize_rows(x, 256), expected_k.reshape(5, 512))
+    assert cpu.activation_group(Q.Q4_1) == 32 and cpu.activation_group(Q.Q6_K) == 256
+
+
+def test_one_call_computes_several_weights_and_can_add_into_a_residual(kernels):
+    k = 256
+    types = [Q.Q4_1, Q.Q8_0, Q.Q5_0, Q.Q4_K, Q.Q6_K]  # two activation groups: two native calls
+    packed = [packed_weight(t, n, k) for t, n in zip(types, [48, 20, 33, 16, 7])]
+    weights = [cpu.repack(p, t) for p, t in zip(packed, types)]
+    x = torch.randn(6, k, generator=torch.Generator().manual_seed(1))
+    together = cpu.PackedLinears(weights)(x)
+    alone = torch.cat([cpu.PackedLinears([w])(x) for w in weights], dim=1)
+    assert torch.equal(together, alone)
+    residual = torch.randn(6, 7)
+    added = cpu.PackedLinears([weights[-1]])(x, add_to=residual.clone())
+    torch.testing.assert_close(added, residual + alone[:, -7:], rtol=1e-6, atol=1e-6)
+
+
+def test_embedding_rows_are_the_reference_rows(kernels):
+    packed = packed_weight(Q.Q6_K, 40, 512)
+    ids = torch.tensor([3, 0, 39, 3])
+    rows = cpu.dequantize_rows(packed, Q.Q6_K, ids, scale=2.0)
+    assert torch.equal(rows, dequantize_reference(packed[ids], Q.Q6_K) * 2.0)
+    with pytest.raises(IndexError, match="token ids must be in 0..39"):
+        cpu.dequantize_rows(packed, Q.Q6_K, torch.tensor([40]))
+
+
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("q_heads, kv_heads, head_dim, block_size, window, softcap", [
+    (4, 4, 64, 16, None, None),   # MHA
+    (9, 3, 64, 32, None, None),   # GQA 3 (SmolLM2)
+    (4, 1, 256, 16, 40, None),    # MQA, wide heads, a sliding window (Gemma 3)
+    (8, 2, 80, 4, None, 30.0),    # soft-capping, a head size that is not a multiple of 16
+])
+def test_decode_attention_matches_the_reference(kernels, cache_dtype, q_heads, kv_heads,
+                                                head_dim, block_size, window, softcap):
+    g = torch.Generator().manual_seed(0)
+    blocks = 400
+    k_cache = torch.randn(blocks, block_size, kv_heads, head_dim, generator=g).to(cache_dtype)
+    v_cache = torch.randn(blocks, block_size, kv_heads, head_dim, generator=g).to(cache_dtype)
+    context = torch.tensor([1, 17, 300, 1200], dtype=torch.int32)  # ragged; 1200 splits
+    tables = torch.randint(0, blocks, (4, 1200 // block_size + 1), generator=g,
+                           dtype=torch.int32)
+    q = torch.randn(4, q_heads, head_dim, generator=g)
+    options = dict(scale=head_dim ** -0.5, sliding_window=window, softcap=softcap)
+    out = ops.paged_decode_attention(q, k_cache, v_cache, context, tables, **options)
+    expected = attention_reference.paged_decode_attention(q, k_cache.float(), v_cache.float(),
+                                                          context, tables, **options)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16], ids=str)
+def test_store_kv_writes_the_slots_in_the_cache_dtype(kernels, cache_dtype):
+    k_cache = torch.zeros(5, 4, 2, 24, dtype=cache_dtype)
+    v_cache = torch.zeros(5, 4, 2, 16, dtype=cache_dtype)
+    k, v = torch.randn(3, 2, 24), torch.randn(3, 2, 16)
+    slots = torch.tensor([9, -1, 0])
+    ops.store_kv(k, v, k_cache, v_cache, slots)
+    expected_k, expected_v = torch.zeros_like(k_cache), torch.zeros_like(v_cache)
+    attention_reference.store_kv(k, v, expected_k, expected_v, slots)
+    assert torch.equal(k_cache, expected_k) and torch.equal(v_cache, expected_v)
+
+
+def rms_norm_reference(x, weight, eps, unit_offset):
+    scale = weight + 1.0 if unit_offset else weight
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * scale
+
+
+@pytest.mark.parametrize("unit_offset", [False, True])
+def test_rms_norm_of_rows_and_of_head_views_with_an_added_residual(kernels, unit_offset):
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(64, generator=g)
+    x = torch.randn(5, 64, generator=g)
+    torch.testing.assert_close(ops.rms_norm(x, weight, 1e-6, unit_offset),
+                               rms_norm_reference(x, weight, 1e-6, unit_offset))
+    fused = torch.randn(5, 3 * 64 + 10, generator=g)  # q of a [T, q | k | v] buffer, as heads
+    heads = fused[:, :3 * 64].view(5, 3, 64)
+    torch.testing.assert_close(ops.rms_norm(heads, weight, 1e-6, unit_offset),
+                               rms_norm_reference(heads, weight, 1e-6, unit_offset))
+    residual = torch.randn(5, 64, generator=g)
+    expected = residual + rms_norm_reference(x, weight, 1e-6, unit_offset)
+    torch.testing.assert_close(ops.rms_norm(x, weight, 1e-6, unit_offset, add_to=residual),
+                               expected)
+    torch.testing.assert_close(residual, expected)  # written in place
+
+
+def test_rotary_and_its_cos_sin_match_the_torch_path(kernels):
+    g = torch.Generator().manual_seed(0)
+    positions = torch.tensor([0, 5, 1023, 7])
+    inv_freq = 1.0 / (10000.0 ** (torch.arange(0, 48, 2).float() / 48))
+    cos, sin = ops.rope_cos_sin(positions, inv_freq, 1.5)
+    freqs = positions.float()[:, None] * inv_freq
+    torch.testing.assert_close(cos, freqs.cos() * 1.5)
+    torch.testing.assert_close(sin, freqs.sin() * 1.5)
+    fused = torch.randn(4, 6 * 64 + 2 * 64, generator=g)  # q (6 heads), k (2 heads), rotary 48 of 64
+    q, k = fused[:, :384].view(4, 6, 64), fused[:, 384:].view(4, 2, 64)
+    expected_q, expected_k = _rotate(q, cos, sin, 48), _rotate(k, cos, sin, 48)
+    ops.rotary_(q, k, cos, sin, 48)
+    torch.testing.assert_close(q, expected_q)
+    torch.testing.assert_close(k, expected_k)
+
+
+@pytest.mark.parametrize("act, reference", [
+    ("silu", F.silu),
+    ("gelu_pytorch_tanh", lambda x: F.gelu(x, approximate="tanh")),
+    ("gelu", F.gelu),
+])
+def test_gated_activation_matches_torch(kernels, act, reference):
+    gate_up = torch.randn(5, 2 * 100, generator=torch.Generator().manual_seed(0)) * 4
+    gate_up[0, :4] = torch.tensor([-200.0, -88.0, 88.0, 200.0])
+    gate, up = gate_up[:, :100], gate_up[:, 100:]
+    torch.testing.assert_close(ops.gated_activation(gate, up, act), reference(gate) * up,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_argmax_takes_the_first_of_tied_maxima_and_flags_nan_rows(kernels):
+    logits = torch.randn(4, 1000, generator=torch.Generator().manual_seed(0))
+    logits[1, [17, 600]] = 50.0
+    logits[2] = 0.0
+    logits[3, 5] = float("nan")
+    argmax, nan = ops.argmax_rows(logits)
+    assert argmax[:3] == [int(logits[0].argmax()), 17, 0]
+    assert nan == [False, False, False, True]
+
+
+def test_calls_from_two_threads_at_once_give_the_same_results():
+    """Two threads (two engines) use the kernels at once: one of them gets the thread pool, the
+    other runs its parts itself; both get the right results."""
+    weight = cpu.repack(packed_weight(Q.Q4_1, 512, 512), Q.Q4_1)
+    inputs = [torch.randn(m, 512, generator=torch.Generator().manual_seed(m)) for m in (1, 4, 7)]
+    expected = [cpu.PackedLinears([weight])(x) for x in inputs]
+    failures = []
+
+    def hammer():
+        linears = cpu.PackedLinears([weight])
+        for _ in range(200):
+            for x, want in zip(inputs, expected):
+                if not torch.equal(linears(x), want):
+                    failures.append(x.shape)
+
+    threads = [threading.Thread(target=hammer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
+
+
+def test_reference_mode_turns_the_kernels_off():
+    packed = packed_weight(Q.Q4_0, 32, 64)
+    with cpu.reference_mode():
+        assert cpu.library() is None and cpu.repack(packed, Q.Q4_0) is None
+        assert not ops.usable(torch.zeros(2))
+    assert cpu.library() is not None
+
+
+def test_without_a_compiler_the_torch_references_run(tmp_path, monkeypatch, caplog):
+    """A machine without a C compiler: a warning that says what to install, then the slow but
+    correct torch paths (a tiny model still generates)."""
+    try:
+        with monkeypatch.context() as patch:
+            patch.setenv("CC", str(tmp_path / "no-such-compiler"))
+            patch.setenv("MISTRALRS_CACHE_DIR", str(tmp_path / "cache"))
+            native._load.cache_clear()
+            native._configured_library.cache_clear()
+            with caplog.at_level(logging.WARNING, logger=native.__name__):
+                assert native.library() is None
+            assert "Install a C compiler" in caplog.text
+            assert cpu.repack(packed_weight(Q.Q8_0, 16, 64), Q.Q8_0) is None
+    finally:
+        native._load.cache_clear()
+        native._configured_library.cache_clear()
+    assert native.library() is not None
