@@ -10,7 +10,7 @@ Measured, best of `--repeats`:
 - prefill: prompt tokens / time from submitting the prompt to its first sampled token;
 - decode: generated tokens after the first / their time;
 - memory: peak RSS of the process, and RSS just before loading (the libraries alone, for us
-  including torch.compile's compiler stack, loaded by compiling a trivial function first).
+  torch and the native CPU kernels, loaded before the baseline as llama.cpp's are).
 """
 from __future__ import annotations
 
@@ -40,19 +40,18 @@ def measure_ours(model: str, prompt: list[int], gen_tokens: int, threads: int, c
 
     from mistralrs.engine import Engine, SamplingParams
     from mistralrs.engine.model_runner import kv_bytes_per_block
+    from mistralrs.kernels.cpu import library
     from mistralrs.loading.model_loader import load_gguf
 
     torch.set_num_threads(threads)
     block_size = 32
-    # The CPU kernels are made by torch.compile: its compiler stack (~200 MiB of libraries) is
-    # loaded before the baseline, as llama.cpp's libraries are, so that the difference is the
-    # model's memory.
-    torch.compile(torch.neg)(torch.ones(1))
+    library()  # the native CPU kernels (built on first use), a library like llama.cpp's
     rss_before = _rss_mib()
     start = time.perf_counter()
     loaded = load_gguf(str(Path(model).parent), Path(model).name, device=torch.device("cpu"),
                        progress=False)
-    kv_bytes = kv_bytes_per_block(loaded.model, block_size, loaded.dtype) * (context // block_size)
+    kv_bytes = (kv_bytes_per_block(loaded.model, block_size, loaded.dtype, loaded.device)
+                * (context // block_size))
     engine = Engine(loaded, max_seqs=1, kv_cache_bytes=kv_bytes, block_size=block_size,
                     enable_prefix_caching=False)
     load_s = time.perf_counter() - start

@@ -23,12 +23,16 @@ class Embedding(nn.Module):
         self.register_buffer("qweight", None)
         self.qtype: int | None = None
         self.dtype = torch.float32
+        self.release_rows = None
+        """A memory-mapped table's page release (see `QuantizedTensor`), for a tied output
+        layer that copies the table."""
 
     def load_checkpoint_tensor(self, leaf: str, value: torch.Tensor | QuantizedTensor,
                                dtype: torch.dtype) -> None:
         self.dtype = dtype
         if isinstance(value, QuantizedTensor):
             self.qweight, self.qtype = value.packed, value.qtype
+            self.release_rows = value.release_rows
             self.weight = None
         else:
             self.weight = nn.Parameter(value.to(dtype), requires_grad=False)

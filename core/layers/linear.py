@@ -32,12 +32,14 @@ class QuantLinear(nn.Module):
         and IQ, that they do not take)."""
         self._repacked_from: torch.Tensor | None = None
         self._native: cpu.PackedLinears | None = None
+        self._release_rows = None
 
     def load_checkpoint_tensor(self, leaf: str, value: torch.Tensor | QuantizedTensor,
                                dtype: torch.dtype) -> None:
         if leaf == "weight" and isinstance(value, QuantizedTensor):
             self.qweight, self.qtype = value.packed, value.qtype
             self.weight = None
+            self._release_rows = value.release_rows
             self._repack()
             return
         if isinstance(value, QuantizedTensor):
@@ -47,6 +49,7 @@ class QuantLinear(nn.Module):
     def tie_to(self, embedding: nn.Module) -> None:
         """Share the weight (float or packed) of an embedding table: tied input/output embeddings."""
         self.weight, self.qweight, self.qtype = embedding.weight, embedding.qweight, embedding.qtype
+        self._release_rows = getattr(embedding, "release_rows", None)
         self._repack()
 
     def _repack(self) -> None:
@@ -55,8 +58,9 @@ class QuantLinear(nn.Module):
         if self.qweight is self._repacked_from:
             return
         self._repacked_from, self._native = self.qweight, None
-        self.repacked = None if self.qweight is None else cpu.repack(self.qweight,
-                                                                     as_qtype(self.qtype))
+        self.repacked = None if self.qweight is None else cpu.repack(
+            self.qweight, as_qtype(self.qtype), self._release_rows)
+        self._release_rows = None  # the file's pages are released once, by the first repack
 
     @property
     def is_loaded(self) -> bool:

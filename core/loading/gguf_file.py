@@ -71,6 +71,12 @@ class GGUFFile:
             raise ModelFormatError(f"{self.paths[0]} has no general.architecture")
         return arch
 
+    def release_pages(self) -> None:
+        """Drop every page of the files from resident memory (see `release_pages`): once the
+        model has its own copies of the weights, the rest is read back only where used."""
+        for part in self.parts:
+            release_pages(part.buffer, 0, len(part.buffer))
+
     def tensor_names(self) -> list[str]:
         return [t.name for part in self.parts for t in part.header.tensors]
 
@@ -177,5 +183,19 @@ def _to_torch(buffer: mmap.mmap, info: TensorInfo) -> torch.Tensor | QuantizedTe
             return torch.from_numpy(values.reshape(info.shape[::-1]))
         rows = info.n_elements // info.shape[0]  # GGUF lists dimensions innermost first
         packed = np.frombuffer(buffer, np.uint8, info.nbytes, info.offset)
+        row_bytes = info.nbytes // rows
+
+        def release_rows(first: int, last: int) -> None:
+            release_pages(buffer, info.offset + first * row_bytes, info.offset + last * row_bytes)
+
         return QuantizedTensor(torch.from_numpy(packed.reshape(rows, -1)), int(info.qtype),
-                               info.shape[0])
+                               info.shape[0], release_rows)
+
+
+def release_pages(buffer: mmap.mmap, start: int, end: int) -> None:
+    """Drop the whole pages of bytes [start, end) of a read-only file mapping from the process's
+    resident memory; reading them again faults them back in from the file."""
+    first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE
+    last = end // mmap.PAGESIZE * mmap.PAGESIZE if end < len(buffer) else len(buffer)
+    if last > first:
+        buffer.madvise(mmap.MADV_DONTNEED, first, last - first)

@@ -189,7 +189,7 @@ def _read_array(cursor: _Cursor, key: str) -> list | np.ndarray:
     what = f"metadata {key!r} ({length} elements)"
     if itype == GGUFValueType.STRING:
         cursor.check_count(length, _MIN_STRING_BYTES, f"strings in metadata {key!r}")
-        return [cursor.string(what) for _ in range(length)]
+        return _read_strings(cursor, length, what)
     if itype == GGUFValueType.ARRAY:
         raise cursor.error(f"has an array of arrays in metadata {key!r}, which GGUF readers "
                            "do not support")
@@ -201,6 +201,29 @@ def _read_array(cursor: _Cursor, key: str) -> list | np.ndarray:
     values = np.frombuffer(cursor.buffer, dtype, length, cursor.pos)
     cursor.pos += length * dtype.itemsize
     return values
+
+
+def _read_strings(cursor: _Cursor, count: int, what: str) -> list[str]:
+    """`count` strings back to back (a vocabulary: hundreds of thousands of them) in one tight
+    pass; where anything is wrong, read again with `_Cursor.string`'s checks, which raise an
+    error saying what and where."""
+    start, buffer, pos, size = cursor.pos, cursor.buffer, cursor.pos, cursor.size
+    length_at = _U64.unpack_from
+    pieces = []
+    try:
+        for _ in range(count):
+            (length,) = length_at(buffer, pos)
+            end = pos + 8 + length
+            if end > size:
+                raise ValueError(what)
+            pieces.append(buffer[pos + 8:end])
+            pos = end
+        strings = [piece.decode("utf-8") for piece in pieces]  # UnicodeDecodeError: a ValueError
+    except (struct.error, ValueError):
+        cursor.pos = start
+        return [cursor.string(what) for _ in range(count)]
+    cursor.pos = pos
+    return strings
 
 
 def _alignment(cursor: _Cursor, metadata: dict[str, Any]) -> int:

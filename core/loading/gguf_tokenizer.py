@@ -1,17 +1,13 @@
-"""Rebuild the tokenizer a GGUF file carries as a Hugging Face `tokenizers.Tokenizer` that gives
-the token ids llama.cpp gives on the same file.
+"""Rebuild the tokenizer a GGUF file carries, giving the token ids llama.cpp gives on the same
+file.
 
 Two GGUF tokenizer models matter:
 
-- `gpt2`: byte-level BPE from `tokens` + `merges`. The text is first split by the regexes that
-  `tokenizer.ggml.pre` names (llama.cpp keeps one list per pre-tokenizer; the ones supported here
-  are in `_PRE_TOKENIZERS`), then each piece is spelled in GPT-2's byte alphabet and merged.
-- `llama`: SentencePiece `tokens` + `scores`. llama.cpp does not run SentencePiece's Unigram
-  search here: it repeatedly joins the adjacent pair whose concatenation is the highest-scoring
-  token, and spells characters missing from the vocabulary as `<0xNN>` byte tokens. A BPE whose
-  merges are every (left, right) split of every token, ranked by the score of the token they
-  make, does the same. (Two different tokens of equal score competing for overlapping text are
-  resolved by position in llama.cpp and by rank here; real vocabularies have distinct scores.)
+- `gpt2`: byte-level BPE from `tokens` + `merges`, as a Hugging Face `tokenizers.Tokenizer`.
+  The text is first split by the regexes that `tokenizer.ggml.pre` names (llama.cpp keeps one
+  list per pre-tokenizer; the ones supported here are in `_PRE_TOKENIZERS`), then each piece is
+  spelled in GPT-2's byte alphabet and merged.
+- `llama`: SentencePiece `tokens` + `scores`, run as llama.cpp runs them (`sentencepiece.py`).
 
 `tokenizer.ggml.token_type` decides what becomes an added token: control and unknown tokens are
 special (matched in the input only when special-token parsing is on, skipped when decoding with
@@ -22,22 +18,23 @@ from __future__ import annotations
 
 import logging
 import numbers
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import gguf
-from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
+import numpy as np
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as BackendTokenizer
 
 from mistralrs.errors import ModelFormatError, TokenizerError
+from mistralrs.loading.sentencepiece import SentencePieceTokenizer
 
 logger = logging.getLogger(__name__)
 
 _KEY = gguf.Keys.Tokenizer
 _TYPE = gguf.TokenType
-SPACE_MARK = "\u2581"  # "▁": how SentencePiece spells a space
-_BYTE_TOKENS = [f"<0x{byte:02X}>" for byte in range(256)]
 
 # Control tokens that end a turn although the metadata may only name the model's `eos`: llama.cpp
 # stops generation on them too.
@@ -101,7 +98,7 @@ _PRE_TOKENIZERS = {
 class GGUFTokenizer:
     """A rebuilt GGUF tokenizer and the facts about it the metadata gives."""
 
-    backend: BackendTokenizer
+    backend: BackendTokenizer | SentencePieceTokenizer
     bos_token_id: int | None
     eos_token_id: int | None
     end_of_generation_ids: frozenset[int]  # eos, eot, eom and end-of-turn control tokens
@@ -128,24 +125,24 @@ def build_gguf_tokenizer(metadata: Mapping[str, Any]) -> GGUFTokenizer:
     defaults = {_KEY.BOS_ID: 1, _KEY.EOS_ID: 2, _KEY.UNK_ID: 0} if model == "llama" else {}
     special = {key: _token_id(metadata, key, len(tokens), defaults.get(key)) for key in (
         _KEY.BOS_ID, _KEY.EOS_ID, _KEY.EOT_ID, _KEY.EOM_ID, _KEY.UNK_ID, _KEY.PAD_ID)}
-    if model == "gpt2":
-        pre = _pre_tokenizer(metadata)
-        backend = _byte_level_bpe(tokens, _merges(metadata), pre)
-        add_bos_default = pre.add_bos
-    else:
-        backend = _sentencepiece_bpe(tokens, _scores(metadata, len(tokens)), special[_KEY.UNK_ID],
-                                     _flag(metadata, _KEY.ADD_PREFIX, True))
-        add_bos_default = True
-    _add_tokens_by_type(backend, tokens, types)
-
-    add_bos = _flag(metadata, _KEY.ADD_BOS, add_bos_default)
+    pre = _pre_tokenizer(metadata) if model == "gpt2" else None
+    add_bos = _flag(metadata, _KEY.ADD_BOS, pre.add_bos if pre else True)
     add_eos = _flag(metadata, _KEY.ADD_EOS, False)
     for wanted, key in [(add_bos, _KEY.BOS_ID), (add_eos, _KEY.EOS_ID)]:
         if wanted and special[key] is None:
             raise ModelFormatError(f"GGUF metadata asks to add a token it does not name ({key})")
+    if pre is not None:
+        backend = _byte_level_bpe(tokens, _merges(metadata), pre)
+        _add_tokens_by_type(backend, tokens, types)
+    else:
+        backend = SentencePieceTokenizer(
+            tokens, _vocab(tokens), _scores(metadata, len(tokens)),
+            ids_of_type(types, _TYPE.CONTROL, _TYPE.UNKNOWN), ids_of_type(types, _TYPE.USER_DEFINED),
+            unk_id=special[_KEY.UNK_ID],
+            bos_id=special[_KEY.BOS_ID], eos_id=special[_KEY.EOS_ID], add_bos=add_bos,
+            add_eos=add_eos, add_space_prefix=_flag(metadata, _KEY.ADD_PREFIX, True))
     end_ids = {special[key] for key in (_KEY.EOS_ID, _KEY.EOT_ID, _KEY.EOM_ID)} - {None}
-    end_ids |= {i for i, (text, kind) in enumerate(zip(tokens, types))
-                if kind == _TYPE.CONTROL and text in _END_OF_TURN_TEXTS}
+    end_ids |= {i for i in ids_of_type(types, _TYPE.CONTROL) if tokens[i] in _END_OF_TURN_TEXTS}
     return GGUFTokenizer(backend, special[_KEY.BOS_ID], special[_KEY.EOS_ID], frozenset(end_ids),
                          special[_KEY.PAD_ID], add_bos, add_eos,
                          _optional(metadata, _KEY.CHAT_TEMPLATE, str))
@@ -154,10 +151,12 @@ def build_gguf_tokenizer(metadata: Mapping[str, Any]) -> GGUFTokenizer:
 def _byte_level_bpe(tokens: list[str], merges: list[tuple[str, str]],
                     pre: _PreTokenizer) -> BackendTokenizer:
     vocab = _vocab(tokens)
-    for left, right in merges:
-        if left not in vocab or right not in vocab or left + right not in vocab:
-            raise ModelFormatError(f"GGUF merge {left!r} {right!r} names a token that is not "
-                                   f"in {_KEY.LIST}")
+    named = set(map(operator.itemgetter(0), merges)) | set(map(operator.itemgetter(1), merges))
+    unknown = (named | set(map("".join, merges))) - vocab.keys()
+    if unknown:  # (tokenizers would panic)
+        left, right = next(m for m in merges if {m[0], m[1], m[0] + m[1]} & unknown)
+        raise ModelFormatError(f"GGUF merge {left!r} {right!r} names a token that is not in "
+                               f"{_KEY.LIST}")
     backend = BackendTokenizer(models.BPE(vocab, merges, ignore_merges=pre.ignore_merges))
     backend.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Split(Regex(regex), behavior="isolated") for regex in _REGEXES[pre.regexes]]
@@ -166,44 +165,16 @@ def _byte_level_bpe(tokens: list[str], merges: list[tuple[str, str]],
     return backend
 
 
-def _sentencepiece_bpe(tokens: list[str], scores: list[float], unk_id: int | None,
-                       add_space_prefix: bool) -> BackendTokenizer:
-    vocab = _vocab(tokens)
-    byte_fallback = all(byte_token in vocab for byte_token in _BYTE_TOKENS)
-    backend = BackendTokenizer(models.BPE(
-        vocab, _merges_by_score(tokens, scores, vocab), byte_fallback=byte_fallback,
-        unk_token=None if unk_id is None else tokens[unk_id]))
-    spell_spaces = normalizers.Replace(" ", SPACE_MARK)
-    undo_spaces = [decoders.Replace(SPACE_MARK, " "), decoders.ByteFallback(), decoders.Fuse()]
-    if add_space_prefix:
-        # llama.cpp prefixes every stretch of text with a space, also one after a special token;
-        # decoding drops the one at the start of the text.
-        backend.normalizer = normalizers.Sequence([normalizers.Prepend(SPACE_MARK), spell_spaces])
-        backend.decoder = decoders.Sequence(undo_spaces + [decoders.Strip(" ", 1, 0)])
-    else:
-        backend.normalizer = spell_spaces
-        backend.decoder = decoders.Sequence(undo_spaces)
-    return backend
+def ids_of_type(types: np.ndarray, *kinds: int) -> list[int]:
+    """The ids of the tokens of any of these `gguf.TokenType`s."""
+    return np.flatnonzero(np.isin(types, kinds)).tolist()
 
 
-def _merges_by_score(tokens: list[str], scores: list[float],
-                     vocab: dict[str, int]) -> list[tuple[str, str]]:
-    """Every split of every token into two tokens, the best-scoring merged token first."""
-    merges = []
-    for token_id, token in enumerate(tokens):
-        for cut in range(1, len(token)):
-            left, right = token[:cut], token[cut:]
-            if left in vocab and right in vocab:
-                merges.append((-scores[token_id], token_id, left, right))
-    merges.sort(key=lambda merge: merge[:2])
-    return [(left, right) for _, _, left, right in merges]
-
-
-def _add_tokens_by_type(backend: BackendTokenizer, tokens: list[str], types: list[int]) -> None:
-    special = [AddedToken(text, special=True, normalized=False)
-               for text, kind in zip(tokens, types) if kind in (_TYPE.CONTROL, _TYPE.UNKNOWN)]
-    user_defined = [AddedToken(text, special=False, normalized=False)
-                    for text, kind in zip(tokens, types) if kind == _TYPE.USER_DEFINED]
+def _add_tokens_by_type(backend: BackendTokenizer, tokens: list[str], types: np.ndarray) -> None:
+    special = [AddedToken(tokens[i], special=True, normalized=False)
+               for i in ids_of_type(types, _TYPE.CONTROL, _TYPE.UNKNOWN)]
+    user_defined = [AddedToken(tokens[i], special=False, normalized=False)
+                    for i in ids_of_type(types, _TYPE.USER_DEFINED)]
     backend.add_special_tokens(special)
     backend.add_tokens(user_defined)
 
@@ -221,12 +192,14 @@ def _pre_tokenizer(metadata: Mapping[str, Any]) -> _PreTokenizer:
 
 
 def _vocab(tokens: list[str]) -> dict[str, int]:
-    vocab: dict[str, int] = {}
-    for token_id, text in enumerate(tokens):
-        if text in vocab:
-            raise ModelFormatError(f"GGUF vocabulary has the token {text!r} twice "
-                                   f"(ids {vocab[text]} and {token_id})")
-        vocab[text] = token_id
+    vocab = {text: token_id for token_id, text in enumerate(tokens)}
+    if len(vocab) < len(tokens):  # some text twice: say which
+        seen: dict[str, int] = {}
+        for token_id, text in enumerate(tokens):
+            if text in seen:
+                raise ModelFormatError(f"GGUF vocabulary has the token {text!r} twice "
+                                       f"(ids {seen[text]} and {token_id})")
+            seen[text] = token_id
     return vocab
 
 
@@ -250,10 +223,16 @@ def _array(metadata: Mapping[str, Any], key: str, element: type | tuple[type, ..
     value = metadata.get(key)
     if value is None:
         return None
+    if isinstance(value, np.ndarray):  # numbers, as the header parser reads them
+        numeric_kinds = "iu" if element is int else "iuf"
+        if element is str or value.dtype.kind not in numeric_kinds:
+            raise ModelFormatError(f"GGUF metadata {key} should be an array of {what}")
+        return value.tolist()
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         raise ModelFormatError(f"GGUF metadata {key} should be an array of {what}, "
                                f"not {type(value).__name__}")
-    if not all(isinstance(item, element) for item in value):
+    kinds = element if isinstance(element, tuple) else (element,)
+    if not all(issubclass(kind, kinds) for kind in set(map(type, value))):
         raise ModelFormatError(f"GGUF metadata {key} should be an array of {what}")
     return list(value)
 
@@ -266,10 +245,11 @@ def _token_list(metadata: Mapping[str, Any]) -> list[str]:
     return [text or f"[EMPTY_{token_id}]" for token_id, text in enumerate(tokens)]
 
 
-def _token_types(metadata: Mapping[str, Any], n_tokens: int) -> list[int]:
+def _token_types(metadata: Mapping[str, Any], n_tokens: int) -> np.ndarray:
+    """int64 [n_tokens]: each token's `gguf.TokenType`."""
     types = _array(metadata, _KEY.TOKEN_TYPE, int, "integers")
     if types is None:
-        return [_TYPE.NORMAL] * n_tokens
+        return np.full(n_tokens, _TYPE.NORMAL)
     if len(types) != n_tokens:
         raise ModelFormatError(f"GGUF metadata {_KEY.TOKEN_TYPE} has {len(types)} entries for "
                                f"{n_tokens} tokens")
@@ -277,7 +257,7 @@ def _token_types(metadata: Mapping[str, Any], n_tokens: int) -> list[int]:
     if unknown:
         raise ModelFormatError(f"GGUF metadata {_KEY.TOKEN_TYPE} has unknown token types "
                                f"{sorted(unknown)}")
-    return types
+    return np.asarray(types, dtype=np.int64)
 
 
 def _scores(metadata: Mapping[str, Any], n_tokens: int) -> list[float]:
@@ -293,13 +273,12 @@ def _merges(metadata: Mapping[str, Any]) -> list[tuple[str, str]]:
     merges = _array(metadata, _KEY.MERGES, str, "strings")
     if merges is None:
         raise ModelFormatError(f"a BPE GGUF tokenizer needs {_KEY.MERGES}")
-    pairs = []
-    for merge in merges:
-        # The separator is the first space after the first character: a token may be a space.
-        cut = merge.find(" ", 1)
-        if cut < 0 or cut == len(merge) - 1:
-            raise ModelFormatError(f"GGUF merge {merge!r} is not two tokens joined by a space")
-        pairs.append((merge[:cut], merge[cut + 1:]))
+    # The separator is the first space after the first character: a token may be a space.
+    pairs = [(merge[:1] + left, right)
+             for merge in merges for left, _, right in (merge[1:].partition(" "),)]
+    bad = next((m for m, (_, right) in zip(merges, pairs) if not right), None)
+    if bad is not None:
+        raise ModelFormatError(f"GGUF merge {bad!r} is not two tokens joined by a space")
     return pairs
 
 

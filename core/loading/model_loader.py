@@ -152,6 +152,7 @@ def load_gguf(quantized_model_id: str, quantized_filename: str | list[str],
     config = _parse_config(architecture, view, "gguf")
     model = _build(architecture, config, gguf.tensors(), len(gguf.tensor_names()), "gguf",
                    dtype, device, progress)
+    gguf.release_pages()  # the weights the model keeps in a layout of its own were copied
     if tok_model_id:
         tok_dir = hub.resolve_dir(tok_model_id, revision, allow_patterns=_HF_FILES, token=token)
         tokenizer = Tokenizer.from_hf_files(tok_dir / "tokenizer.json",

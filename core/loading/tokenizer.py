@@ -1,7 +1,10 @@
 """The model's tokenizer: text to token ids and back, with the special tokens and chat template
 that come with it, read from Hugging Face files or rebuilt from GGUF metadata.
 
-It wraps a Hugging Face `tokenizers.Tokenizer` (the "backend"), which does the work.
+It wraps a backend that does the work: a Hugging Face `tokenizers.Tokenizer` (tokenizer.json
+files, GGUF byte-level BPE vocabularies) or the `SentencePieceTokenizer` of GGUF SentencePiece
+vocabularies. Both answer `encode`, `decode`, `token_bytes`, `is_byte_token`, `token_to_id`,
+`id_to_token`, `vocab_size` and `special_token_ids` (`_HFBackend` adapts the first).
 """
 from __future__ import annotations
 
@@ -17,7 +20,8 @@ from tokenizers import Tokenizer as BackendTokenizer
 from tokenizers import processors
 
 from mistralrs.errors import ChatTemplateError, TokenizerError
-from mistralrs.loading.gguf_tokenizer import SPACE_MARK, build_gguf_tokenizer
+from mistralrs.loading.gguf_tokenizer import build_gguf_tokenizer
+from mistralrs.loading.sentencepiece import SPACE_MARK, SentencePieceTokenizer
 
 _BYTE_TOKEN = re.compile(r"<0x[0-9A-F]{2}>")
 
@@ -52,35 +56,91 @@ def _gpt2_byte_alphabet() -> dict[str, int]:
 _GPT2_CHAR_TO_BYTE = _gpt2_byte_alphabet()
 
 
-class Tokenizer:
-    """Encodes and decodes text for one model.
+class _HFBackend:
+    """A Hugging Face `tokenizers.Tokenizer` with the backend interface. `add_bos` / `add_eos`,
+    when given, replace its post-processor so that `encode(..., add_special_tokens=True)` adds
+    exactly those tokens; when both are None its own post-processor decides."""
 
-    Build one with `from_hf_files` or `from_gguf_metadata`. `add_bos` / `add_eos`, when given,
-    replace the backend's post-processor so that `encode(..., add_special_tokens=True)` adds
-    exactly those tokens; when both are None the backend's own post-processor decides.
-    """
-
-    def __init__(self, backend: BackendTokenizer, *, bos_token_id: int | None = None,
-                 eos_token_id: int | None = None, extra_eos_token_ids: Iterable[int] = (),
-                 pad_token_id: int | None = None, chat_template: str | None = None,
-                 add_bos: bool | None = None, add_eos: bool | None = None):
+    def __init__(self, backend: BackendTokenizer, bos_token_id: int | None,
+                 eos_token_id: int | None, add_bos: bool | None, add_eos: bool | None):
         self._backend = backend
         # `encode_special_tokens` is a setting of the shared backend, so encodes take turns.
         self._encode_lock = threading.Lock()
-        self.bos_token_id = bos_token_id
-        self.eos_token_id = eos_token_id
-        self.eos_token_ids = frozenset(extra_eos_token_ids) | (
-            {eos_token_id} if eos_token_id is not None else set())
-        self.pad_token_id = pad_token_id
         self.vocab_size = backend.get_vocab_size(with_added_tokens=True)  # slow to ask each time
-        self.chat_template = chat_template
         added = backend.get_added_tokens_decoder()
         self.special_token_ids = frozenset(i for i, token in added.items() if token.special)
         decoder_types = _component_types(backend.decoder)
         self._spelling = _Spelling.of(decoder_types)
         self._byte_fallback = "ByteFallback" in decoder_types
         if add_bos is not None or add_eos is not None:
-            self._set_post_processor(bool(add_bos), bool(add_eos))
+            self._set_post_processor(bool(add_bos), bos_token_id, bool(add_eos), eos_token_id)
+
+    def _set_post_processor(self, add_bos: bool, bos_token_id: int | None, add_eos: bool,
+                            eos_token_id: int | None) -> None:
+        def marker(wanted: bool, token_id: int | None, what: str) -> list[tuple[str, int]]:
+            if not wanted:
+                return []
+            if token_id is None:
+                raise TokenizerError(f"the tokenizer should add a {what} token but names none")
+            return [(self._backend.id_to_token(token_id), token_id)]
+
+        bos = marker(add_bos, bos_token_id, "BOS")
+        eos = marker(add_eos, eos_token_id, "EOS")
+        self._backend.post_processor = processors.TemplateProcessing(
+            single=[text for text, _ in bos] + ["$A"] + [text for text, _ in eos],
+            special_tokens=bos + eos)
+
+    def encode(self, text: str, add_special_tokens: bool, parse_special: bool) -> list[int]:
+        with self._encode_lock:
+            self._backend.encode_special_tokens = not parse_special
+            return self._backend.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: list[int], skip_special_tokens: bool) -> str:
+        return self._backend.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        piece = self._backend.id_to_token(token_id)
+        if piece is None:  # past the tokenizer's vocabulary (a padded embedding table)
+            return b""
+        if self._spelling is _Spelling.BYTE_LEVEL:
+            try:
+                return bytes(_GPT2_CHAR_TO_BYTE[char] for char in piece)
+            except KeyError:  # an added token written as plain text
+                return piece.encode()
+        if self._spelling is _Spelling.SENTENCEPIECE:
+            if self._byte_fallback and _BYTE_TOKEN.fullmatch(piece):
+                return bytes([int(piece[3:5], 16)])
+            return piece.replace(SPACE_MARK, " ").encode()
+        return self._backend.decode([token_id], skip_special_tokens=False).encode()
+
+    def is_byte_token(self, token_id: int) -> bool:
+        piece = self._backend.id_to_token(token_id)
+        return self._byte_fallback and piece is not None and bool(_BYTE_TOKEN.fullmatch(piece))
+
+    def token_to_id(self, text: str) -> int | None:
+        return self._backend.token_to_id(text)
+
+    def id_to_token(self, token_id: int) -> str | None:
+        return self._backend.id_to_token(token_id)
+
+
+class Tokenizer:
+    """Encodes and decodes text for one model. Build one with `from_hf_files` or
+    `from_gguf_metadata`."""
+
+    def __init__(self, backend: _HFBackend | SentencePieceTokenizer, *,
+                 bos_token_id: int | None = None, eos_token_id: int | None = None,
+                 extra_eos_token_ids: Iterable[int] = (), pad_token_id: int | None = None,
+                 chat_template: str | None = None):
+        self._backend = backend
+        self.bos_token_id = bos_token_id
+        self.eos_token_id = eos_token_id
+        self.eos_token_ids = frozenset(extra_eos_token_ids) | (
+            {eos_token_id} if eos_token_id is not None else set())
+        self.pad_token_id = pad_token_id
+        self.vocab_size = backend.vocab_size
+        self.special_token_ids = backend.special_token_ids
+        self.chat_template = chat_template
 
     # --- construction ---------------------------------------------------------------------
 
@@ -88,11 +148,13 @@ class Tokenizer:
     def from_gguf_metadata(cls, metadata: Mapping[str, Any]) -> Tokenizer:
         """The tokenizer a GGUF file carries; `metadata` maps GGUF keys to plain Python values."""
         parts = build_gguf_tokenizer(metadata)
-        return cls(parts.backend, bos_token_id=parts.bos_token_id,
-                   eos_token_id=parts.eos_token_id,
+        backend = parts.backend
+        if isinstance(backend, BackendTokenizer):
+            backend = _HFBackend(backend, parts.bos_token_id, parts.eos_token_id, parts.add_bos,
+                                 parts.add_eos)
+        return cls(backend, bos_token_id=parts.bos_token_id, eos_token_id=parts.eos_token_id,
                    extra_eos_token_ids=parts.end_of_generation_ids,
-                   pad_token_id=parts.pad_token_id, chat_template=parts.chat_template,
-                   add_bos=parts.add_bos, add_eos=parts.add_eos)
+                   pad_token_id=parts.pad_token_id, chat_template=parts.chat_template)
 
     @classmethod
     def from_hf_files(cls, tokenizer_json: str | Path, tokenizer_config: str | Path | None = None,
@@ -118,25 +180,12 @@ class Tokenizer:
             text = _token_text(config.get(field), field)
             return None if text is None else backend.token_to_id(text)
 
-        return cls(backend, bos_token_id=token_id("bos_token"), eos_token_id=token_id("eos_token"),
+        bos, eos = token_id("bos_token"), token_id("eos_token")
+        adapted = _HFBackend(backend, bos, eos, _config_flag(config, "add_bos_token"),
+                             _config_flag(config, "add_eos_token"))
+        return cls(adapted, bos_token_id=bos, eos_token_id=eos,
                    pad_token_id=token_id("pad_token"),
-                   chat_template=_chat_template(config, config_path, folder),
-                   add_bos=_config_flag(config, "add_bos_token"),
-                   add_eos=_config_flag(config, "add_eos_token"))
-
-    def _set_post_processor(self, add_bos: bool, add_eos: bool) -> None:
-        def marker(wanted: bool, token_id: int | None, what: str) -> list[tuple[str, int]]:
-            if not wanted:
-                return []
-            if token_id is None:
-                raise TokenizerError(f"the tokenizer should add a {what} token but names none")
-            return [(self._backend.id_to_token(token_id), token_id)]
-
-        bos = marker(add_bos, self.bos_token_id, "BOS")
-        eos = marker(add_eos, self.eos_token_id, "EOS")
-        self._backend.post_processor = processors.TemplateProcessing(
-            single=[text for text, _ in bos] + ["$A"] + [text for text, _ in eos],
-            special_tokens=bos + eos)
+                   chat_template=_chat_template(config, config_path, folder))
 
     # --- encoding and decoding ------------------------------------------------------------
 
@@ -145,36 +194,21 @@ class Tokenizer:
         """Token ids of `text`. `add_special_tokens`: add the BOS/EOS the model asks for.
         `parse_special`: special-token text in `text` (say `<|im_start|>`) becomes that token;
         when False it is encoded as the plain text it is."""
-        with self._encode_lock:
-            self._backend.encode_special_tokens = not parse_special
-            return self._backend.encode(text, add_special_tokens=add_special_tokens).ids
+        return self._backend.encode(text, add_special_tokens, parse_special)
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
-        return self._backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        return self._backend.decode(list(ids), skip_special_tokens)
 
     def token_bytes(self, token_id: int) -> bytes:
         """The bytes `token_id` stands for, out of context (a SentencePiece "▁" is a space, also
         at the start of a text, where decoding drops it). May be part of a UTF-8 character;
         empty for an id past the tokenizer's vocabulary."""
-        piece = self._backend.id_to_token(token_id)
-        if piece is None:  # past the tokenizer's vocabulary (a padded embedding table)
-            return b""
-        if self._spelling is _Spelling.BYTE_LEVEL:
-            try:
-                return bytes(_GPT2_CHAR_TO_BYTE[char] for char in piece)
-            except KeyError:  # an added token written as plain text
-                return piece.encode()
-        if self._spelling is _Spelling.SENTENCEPIECE:
-            if self._byte_fallback and _BYTE_TOKEN.fullmatch(piece):
-                return bytes([int(piece[3:5], 16)])
-            return piece.replace(SPACE_MARK, " ").encode()
-        return self._backend.decode([token_id], skip_special_tokens=False).encode()
+        return self._backend.token_bytes(token_id)
 
     def is_byte_token(self, token_id: int) -> bool:
         """Whether `token_id` is a byte-fallback token `<0xNN>`: one raw byte, decoded together
         with the byte tokens around it."""
-        piece = self._backend.id_to_token(token_id)
-        return self._byte_fallback and piece is not None and bool(_BYTE_TOKEN.fullmatch(piece))
+        return self._backend.is_byte_token(token_id)
 
     def token_to_id(self, text: str) -> int | None:
         return self._backend.token_to_id(text)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ctypes
 import threading
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from gguf import GGMLQuantizationType as Q
@@ -45,9 +45,16 @@ def threads() -> int:
     return torch.get_num_threads()
 
 
-def repack(packed: torch.Tensor, qtype: Q) -> RepackedWeight | None:
+REPACK_CHUNK_BYTES = 16 << 20
+"""Packed bytes repacked at a time when the source's pages are released as it goes."""
+
+
+def repack(packed: torch.Tensor, qtype: Q,
+           release_rows: Callable[[int, int], None] | None = None) -> RepackedWeight | None:
     """Packed GGUF rows uint8 [N, row_bytes] as records; None where the native kernels cannot
-    take the weight (not built here, another type, or rows that are not whole super-blocks)."""
+    take the weight (not built here, another type, or rows that are not whole super-blocks).
+    With `release_rows` (a memory-mapped weight's, see `QuantizedTensor`), each chunk of rows
+    is released once repacked, so that a large weight never sits in memory twice."""
     lib = native.library()
     if lib is None or qtype not in SUPPORTED_TYPES or packed.device.type != "cpu":
         return None
@@ -57,7 +64,15 @@ def repack(packed: torch.Tensor, qtype: Q) -> RepackedWeight | None:
         return None
     packed = packed.contiguous()
     data = torch.empty(size, dtype=torch.uint8)
-    lib.mrs_repack(int(qtype), packed.data_ptr(), n, k, data.data_ptr(), threads())
+    groups = -(-n // 16)
+    group_bytes = size // groups
+    chunk = n if release_rows is None else max(16, REPACK_CHUNK_BYTES // packed.shape[1] // 16 * 16)
+    for first in range(0, n, chunk):
+        rows = min(chunk, n - first)
+        lib.mrs_repack(int(qtype), packed.data_ptr() + first * packed.shape[1], rows, k,
+                       data.data_ptr() + first // 16 * group_bytes, threads())
+        if release_rows is not None:
+            release_rows(first, first + rows)
     return RepackedWeight(qtype, n, k, data)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -10,11 +11,16 @@ import torch
 class QuantizedTensor:
     """Rows of packed GGUF blocks: `packed` is uint8 [rows, row_bytes], the logical tensor is
     float [rows, cols] (for a linear weight: [out_features, in_features]). Rows are independent,
-    so row selection and permutation work on the packed bytes directly."""
+    so row selection and permutation work on the packed bytes directly.
+
+    `release_rows(first, last)`, set when `packed` is a view of a memory-mapped file, drops the
+    file pages of those rows from the process's memory (they are read back from the file if
+    touched again): for a layer that has copied the weight into a layout of its own."""
 
     packed: torch.Tensor
     qtype: int
     cols: int
+    release_rows: Callable[[int, int], None] | None = None
 
     @property
     def shape(self) -> torch.Size:

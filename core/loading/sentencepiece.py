@@ -1,0 +1,192 @@
+"""The SentencePiece tokenizer of GGUF files (`tokenizer.ggml.model` = `llama`), as llama.cpp
+runs it: no Unigram search and no merge table, but the vocabulary's scores.
+
+Encoding: the text is cut at special tokens (user-defined ones always, control and unknown ones
+when special tokens are parsed; the longest match at the leftmost place first). Each stretch of
+plain text gets a leading space when the vocabulary asks for one (`add_space_prefix`: at the
+start and after each special token), its spaces become "▁", and its characters are joined
+pairwise: every step joins the adjacent pair whose concatenation is the highest-scoring token
+(the leftmost pair on equal scores). A character that is no token is spelled with `<0xNN>` byte
+tokens (or the unknown token where the vocabulary has none).
+
+Building this takes one dictionary of the vocabulary: a Hugging Face BPE equivalent needs every
+(left, right) split of every token as a ranked merge, which for a 262k-token vocabulary takes
+seconds to derive and ~100 MiB to hold.
+"""
+from __future__ import annotations
+
+import heapq
+import re
+from collections.abc import Iterable, Sequence
+
+SPACE_MARK = "\u2581"  # "▁": how SentencePiece spells a space
+
+
+class SentencePieceTokenizer:
+    """`tokens[i]` is token i's text, `scores[i]` its merge priority; `special_ids` are the
+    control and unknown tokens (split out of a text only when special tokens are parsed,
+    skipped by `decode(skip_special_tokens=True)`), `user_defined_ids` those split out of every
+    text."""
+
+    def __init__(self, tokens: Sequence[str], vocab: dict[str, int], scores: Sequence[float],
+                 special_ids: Iterable[int], user_defined_ids: Iterable[int], *,
+                 unk_id: int | None, bos_id: int | None,
+                 eos_id: int | None, add_bos: bool, add_eos: bool, add_space_prefix: bool):
+        """`vocab` maps each token's text to its id (the inverse of `tokens`)."""
+        self._tokens = list(tokens)
+        self._ids = vocab
+        self._scores = [float(s) for s in scores]
+        self.vocab_size = len(self._tokens)
+        self.special_token_ids = frozenset(special_ids)
+        user_defined = [self._tokens[i] for i in user_defined_ids]
+        special = [self._tokens[i] for i in self.special_token_ids]
+        self._split_always = _Matcher(user_defined)
+        self._split_special = _Matcher(user_defined + special)
+        byte_ids = [self._ids.get(f"<0x{byte:02X}>") for byte in range(256)]
+        self._byte_ids = byte_ids if None not in byte_ids else None
+        self._byte_of = {token_id: byte for byte, token_id in enumerate(byte_ids or [])}
+        self._unk_id = unk_id
+        self._bos = [bos_id] if add_bos else []
+        self._eos = [eos_id] if add_eos else []
+        self._add_space_prefix = add_space_prefix
+
+    # --- encoding ---------------------------------------------------------------------------
+
+    def encode(self, text: str, add_special_tokens: bool = True,
+               parse_special: bool = True) -> list[int]:
+        ids = list(self._bos) if add_special_tokens else []
+        after_special = True
+        splitter = self._split_special if parse_special else self._split_always
+        for piece, is_token in splitter.split(text):
+            if is_token:
+                ids.append(self._ids[piece])
+                after_special = True
+                continue
+            if self._add_space_prefix and after_special:
+                piece = " " + piece
+            ids += self._join_pairs(piece.replace(" ", SPACE_MARK))
+            after_special = False
+        return ids + (list(self._eos) if add_special_tokens else [])
+
+    def _join_pairs(self, text: str) -> list[int]:
+        """llama.cpp's SentencePiece merging of one stretch of text."""
+        pieces = list(text)
+        n = len(pieces)
+        following = list(range(1, n)) + [-1]
+        preceding = list(range(-1, n - 1))
+        ids, scores = self._ids, self._scores
+        queue: list[tuple[float, int, int, int]] = []
+
+        def offer(left: int, right: int) -> None:
+            token_id = ids.get(pieces[left] + pieces[right])
+            if token_id is not None:
+                heapq.heappush(queue, (-scores[token_id], left, right,
+                                       len(pieces[left]) + len(pieces[right])))
+
+        for i in range(n - 1):
+            offer(i, i + 1)
+        while queue:
+            _, left, right, size = heapq.heappop(queue)
+            if (not pieces[left] or not pieces[right] or following[left] != right
+                    or len(pieces[left]) + len(pieces[right]) != size):
+                continue  # one of the two has been joined to something else since
+            pieces[left] += pieces[right]
+            pieces[right] = ""
+            following[left] = following[right]
+            if following[left] >= 0:
+                preceding[following[left]] = left
+                offer(left, following[left])
+            if preceding[left] >= 0:
+                offer(preceding[left], left)
+        out: list[int] = []
+        at = 0 if n else -1
+        while at >= 0:
+            token_id = ids.get(pieces[at])
+            out += [token_id] if token_id is not None else self._spell_unknown(pieces[at])
+            at = following[at]
+        return out
+
+    def _spell_unknown(self, character: str) -> list[int]:
+        if self._byte_ids is not None:
+            return [self._byte_ids[byte] for byte in character.encode()]
+        return [] if self._unk_id is None else [self._unk_id]
+
+    # --- decoding ---------------------------------------------------------------------------
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
+        parts: list[str] = []
+        raw = bytearray()
+        for token_id in ids:
+            if not 0 <= token_id < self.vocab_size or (
+                    skip_special_tokens and token_id in self.special_token_ids):
+                continue
+            if token_id in self._byte_of:
+                raw.append(self._byte_of[token_id])
+                continue
+            if raw:
+                parts.append(_bytes_text(raw))
+                raw.clear()
+            parts.append(self._tokens[token_id].replace(SPACE_MARK, " "))
+        if raw:
+            parts.append(_bytes_text(raw))
+        text = "".join(parts)
+        return text[1:] if self._add_space_prefix and text.startswith(" ") else text
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes a token stands for out of context ("▁" is a space); b"" past the vocabulary."""
+        if not 0 <= token_id < self.vocab_size:
+            return b""
+        if token_id in self._byte_of:
+            return bytes([self._byte_of[token_id]])
+        return self._tokens[token_id].replace(SPACE_MARK, " ").encode()
+
+    def is_byte_token(self, token_id: int) -> bool:
+        return token_id in self._byte_of
+
+    def token_to_id(self, text: str) -> int | None:
+        return self._ids.get(text)
+
+    def id_to_token(self, token_id: int) -> str | None:
+        return self._tokens[token_id] if 0 <= token_id < self.vocab_size else None
+
+
+class _Matcher:
+    """Finds the tokens `texts` in a text, the longest one at the leftmost place first. (A
+    regular expression of thousands of alternatives takes a quarter of a second to compile:
+    this indexes the tokens by first character and length instead.)"""
+
+    def __init__(self, texts: list[str]):
+        self._texts = {t for t in texts if t}
+        lengths: dict[str, set[int]] = {}
+        for text in self._texts:
+            lengths.setdefault(text[0], set()).add(len(text))
+        self._lengths = {first: sorted(ls, reverse=True) for first, ls in lengths.items()}
+        self._starts = (re.compile("[" + "".join(map(re.escape, lengths)) + "]")
+                        if lengths else None)
+
+    def split(self, text: str) -> Iterable[tuple[str, bool]]:
+        """(piece, is_token) for the stretches of `text`, cut at the tokens found in it."""
+        at = 0
+        if self._starts is not None:
+            for start in self._starts.finditer(text):
+                place = start.start()
+                if place < at:
+                    continue
+                for length in self._lengths[text[place]]:
+                    if text[place:place + length] in self._texts:
+                        if place > at:
+                            yield text[at:place], False
+                        yield text[place:place + length], True
+                        at = place + length
+                        break
+        if at < len(text):
+            yield text[at:], False
+
+
+def _bytes_text(raw: bytes) -> str:
+    """Raw bytes from byte tokens: their text, or one U+FFFD per byte where they are not UTF-8
+    (as Hugging Face's ByteFallback decoder)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "\ufffd" * len(raw)
