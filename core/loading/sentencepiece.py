@@ -15,9 +15,12 @@ seconds to derive and ~100 MiB to hold.
 """
 from __future__ import annotations
 
+import array
 import heapq
 import re
 from collections.abc import Iterable, Sequence
+
+import numpy as np
 
 SPACE_MARK = "\u2581"  # "▁": how SentencePiece spells a space
 
@@ -35,7 +38,8 @@ class SentencePieceTokenizer:
         """`vocab` maps each token's text to its id (the inverse of `tokens`)."""
         self._tokens = list(tokens)
         self._ids = vocab
-        self._scores = [float(s) for s in scores]
+        # compact, as float32: a vocabulary has hundreds of thousands of them
+        self._scores = array.array("f", np.asarray(scores, dtype=np.float32).tobytes())
         self.vocab_size = len(self._tokens)
         self.special_token_ids = frozenset(special_ids)
         user_defined = [self._tokens[i] for i in user_defined_ids]

@@ -300,14 +300,6 @@ static float *partial_of(const decode_ctx *c, long long task, int split, int g) 
     return c->partial + ((task * c->splits + split) * c->group + g) * (2 + c->dv);
 }
 
-static void widen_row(float *dst, const void *src, int n) {
-    int i = 0;
-#if MRS_AVX512
-    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, load16(src, i, 1));
-#endif
-    for (; i < n; i++) dst[i] = fp16_to_fp32(((const uint16_t *)src)[i]);
-}
-
 /* The rows (one head's features) of positions [start, start + n) of a sequence's cache. */
 static void cache_rows(const char *head, const int32_t *table, long long block_bytes,
                        long long slot_bytes, int block_size, int start, int n, int row_bytes,
@@ -320,16 +312,23 @@ static void cache_rows(const char *head, const int32_t *table, long long block_b
     }
 }
 
-/* scores[j] = q . rows[j] for j < n (n <= 16). */
+/* scores[j] = q . rows[j] for j < n (n <= 16); the full 16 rows without a branch per row. */
 static inline __attribute__((always_inline)) void dots(const float *q, const void **rows, int n,
                                                        int dim, float *scores, const int f16) {
 #if MRS_AVX512
     __m512 acc[16];
     for (int r = 0; r < 16; r++) acc[r] = _mm512_setzero_ps();
     int i = 0;
-    for (; i + 16 <= dim; i += 16) {
-        const __m512 qv = _mm512_loadu_ps(q + i);
-        for (int r = 0; r < n; r++) acc[r] = _mm512_fmadd_ps(qv, load16(rows[r], i, f16), acc[r]);
+    if (n == 16) {
+        for (; i + 16 <= dim; i += 16) {
+            const __m512 qv = _mm512_loadu_ps(q + i);
+            for (int r = 0; r < 16; r++) acc[r] = _mm512_fmadd_ps(qv, load16(rows[r], i, f16), acc[r]);
+        }
+    } else {
+        for (; i + 16 <= dim; i += 16) {
+            const __m512 qv = _mm512_loadu_ps(q + i);
+            for (int r = 0; r < n; r++) acc[r] = _mm512_fmadd_ps(qv, load16(rows[r], i, f16), acc[r]);
+        }
     }
     if (i < dim) {
         const __mmask16 tail = (__mmask16)((1u << (dim - i)) - 1);
@@ -384,7 +383,7 @@ static inline __attribute__((always_inline)) void accumulate_values(
 static inline __attribute__((always_inline)) void decode_items(const decode_ctx *c, int part,
                                                                int parts, const int f16) {
     const int dk = c->dk, dv = c->dv, bs = c->block_size, group = c->group, es = f16 ? 2 : 4;
-    float scores[group][CHUNK], wide_keys[f16 && group > 1 ? CHUNK * dk : 1];
+    float scores[group][CHUNK];
     const void *krows[CHUNK], *vrows[CHUNK];
     PART_RANGE(c->items, part, parts, first_item, last_item);
     for (long long item = first_item; item < last_item; item++) {
@@ -408,19 +407,10 @@ static inline __attribute__((always_inline)) void decode_items(const decode_ctx 
             const int n = hi - start < CHUNK ? hi - start : CHUNK;
             cache_rows(k_head, table, c->kb * es, c->ks * es, bs, start, n, dk * es, krows);
             cache_rows(v_head, table, c->vb * es, c->vs * es, bs, start, n, dv * es, vrows);
-            /* float16 keys read by several query heads: widen them once */
-            const int widen = f16 && group > 1;
-            if (widen)
-                for (int j = 0; j < n; j++) {
-                    widen_row(wide_keys + (long long)j * dk, krows[j], dk);
-                    krows[j] = wide_keys + (long long)j * dk;
-                }
             for (int g = 0; g < group; g++) {
                 float *sc = scores[g];
-                for (int j = 0; j < n; j += 16) {
-                    if (widen) dots(q0 + g * c->q_h, krows + j, n - j < 16 ? n - j : 16, dk, sc + j, 0);
-                    else dots(q0 + g * c->q_h, krows + j, n - j < 16 ? n - j : 16, dk, sc + j, f16);
-                }
+                for (int j = 0; j < n; j += 16)
+                    dots(q0 + g * c->q_h, krows + j, n - j < 16 ? n - j : 16, dk, sc + j, f16);
                 float *st = partial_of(c, task, split, g), *o = st + 2, chunk_max = -INFINITY;
                 for (int j = 0; j < n; j++) {
                     sc[j] *= c->scale;
