@@ -308,35 +308,50 @@ int mrs_repack(int qtype, const uint8_t *src, long long n, long long k, uint8_t 
     return 0;
 }
 
+/* Code of column `col` (0..31) of lane j in a record. */
+static int record_code(const layout_t *l, const uint8_t *rec, int j, int col) {
+    const int c = col / 4, i = col % 4, np = num_planes(l);
+    const uint8_t *planes = rec + code_bytes(l);
+    int v = 0;
+    if (l->bits == 8) v = rec[64 * c + 4 * j + i];
+    else if (l->bits >= 4) v = (rec[64 * (c % 4) + 4 * j + i] >> (c < 4 ? 0 : 4)) & 15;
+    for (int p = 0; p < np; p++) {
+        uint64_t mask;
+        memcpy(&mask, planes + 8 * (c * np + p), 8);
+        v |= (int)((mask >> (4 * j + i)) & 1) << (p + (l->bits >= 4 ? 4 : 0));
+    }
+    return v;
+}
+
+/* Scale d and min m (0 for types without one) of sub-block h of lane j in a record. */
+static void record_scales(const layout_t *l, const uint8_t *rec, int j, int h, float *d, float *m) {
+    const int nsub = BLOCK / l->sub, es = l->f16 ? 2 : 4;
+    const uint8_t *scales = rec + code_bytes(l) + 64 * num_planes(l);
+    const uint8_t *ds = scales + h * LANES * es, *ms = scales + (nsub + h) * LANES * es;
+    *m = 0.0f;
+    if (l->f16) {
+        *d = fp16_to_fp32(rd16(ds + 2 * j));
+        if (l->has_min) *m = fp16_to_fp32(rd16(ms + 2 * j));
+    } else {
+        memcpy(d, ds + 4 * j, 4);
+        if (l->has_min) memcpy(m, ms + 4 * j, 4);
+    }
+}
+
 /* The weights a repacked matrix stands for, float32 [n, k] (the tests' view of a repack). */
 int mrs_dequantize_repacked(int qtype, const uint8_t *w, long long n, long long k, float *out) {
     layout_t l;
     if (!layout_of(qtype, &l) || k % l.block_elems) return -1;
-    int blocks = (int)(k / BLOCK), np = num_planes(&l), nsub = BLOCK / l.sub, es = l.f16 ? 2 : 4;
-    long long rb = record_bytes(&l);
+    const int blocks = (int)(k / BLOCK);
+    const long long rb = record_bytes(&l);
     for (long long r = 0; r < n; r++) {
-        int g = (int)(r / LANES), j = (int)(r % LANES);
+        const int g = (int)(r / LANES), j = (int)(r % LANES);
         for (int b = 0; b < blocks; b++) {
             const uint8_t *rec = w + ((long long)g * blocks + b) * rb;
-            const uint8_t *codes = rec, *planes = rec + code_bytes(&l), *scales = planes + 64 * np;
             for (int col = 0; col < BLOCK; col++) {
-                int c = col / 4, i = col % 4, v = 0, h = col / l.sub;
-                if (l.bits == 8) v = codes[64 * c + 4 * j + i];
-                else if (l.bits >= 4) v = (codes[64 * (c % 4) + 4 * j + i] >> (c < 4 ? 0 : 4)) & 15;
-                for (int p = 0; p < np; p++) {
-                    uint64_t mask;
-                    memcpy(&mask, planes + 8 * (c * np + p), 8);
-                    if ((mask >> (4 * j + i)) & 1) v |= 1 << (p + (l.bits >= 4 ? 4 : 0));
-                }
-                const uint8_t *ds = scales + h * LANES * es, *ms = scales + (nsub + h) * LANES * es;
-                float d, m = 0;
-                if (l.f16) {
-                    d = fp16_to_fp32(rd16(ds + 2 * j));
-                    if (l.has_min) m = fp16_to_fp32(rd16(ms + 2 * j));
-                } else {
-                    memcpy(&d, ds + 4 * j, 4);
-                    if (l.has_min) memcpy(&m, ms + 4 * j, 4);
-                }
+                float d, m;
+                record_scales(&l, rec, j, col / l.sub, &d, &m);
+                const int v = record_code(&l, rec, j, col);
                 out[r * k + (long long)b * BLOCK + col] =
                     l.has_min ? d * (float)v + m : d * (float)(v + l.offset);
             }
@@ -550,44 +565,26 @@ static void tile_portable(const uint8_t *wg, int blocks, const layout_t *lp, con
                           long long k, long long m0, int mt, float *out, long long out_stride,
                           int cols, int accumulate) {
     const layout_t l = *lp;
-    const int np = num_planes(&l), nsub = BLOCK / l.sub, es = l.f16 ? 2 : 4;
+    const int nsub = BLOCK / l.sub;
     const long long rb = record_bytes(&l);
     for (int r = 0; r < mt; r++) {
         act_row_t a = act_row((uint8_t *)acts, k, m0 + r);
         float acc[LANES] = {0};
         for (int b = 0; b < blocks; b++) {
             const uint8_t *rec = wg + (long long)b * rb;
-            const uint8_t *planes = rec + code_bytes(&l), *scales = planes + 64 * np;
-            uint64_t masks[8][4];
-            for (int c = 0; c < 8; c++)
-                for (int p = 0; p < np; p++) memcpy(&masks[c][p], planes + 8 * (c * np + p), 8);
             for (int j = 0; j < LANES; j++) {
                 int32_t dot[2];
                 for (int h = 0; h < 2; h++) {
                     int32_t s = l.offset * a.sum16[2 * b + h];
-                    for (int c = 4 * h; c < 4 * h + 4; c++)
-                        for (int i = 0; i < 4; i++) {
-                            int v = 0;
-                            if (l.bits == 8) v = rec[64 * c + 4 * j + i];
-                            else if (l.bits >= 4) v = (rec[64 * (c % 4) + 4 * j + i] >> (c < 4 ? 0 : 4)) & 15;
-                            for (int p = 0; p < np; p++)
-                                v |= (int)((masks[c][p] >> (4 * j + i)) & 1) << (p + (l.bits >= 4 ? 4 : 0));
-                            s += v * a.q[b * BLOCK + 4 * c + i];
-                        }
+                    for (int col = 16 * h; col < 16 * h + 16; col++)
+                        s += record_code(&l, rec, j, col) * a.q[b * BLOCK + col];
                     dot[h] = s;
                 }
                 for (int h = 0; h < nsub; h++) {
-                    const uint8_t *ds = scales + h * LANES * es, *ms = scales + (nsub + h) * LANES * es;
-                    float d, m = 0;
-                    if (l.f16) {
-                        d = fp16_to_fp32(rd16(ds + 2 * j));
-                        if (l.has_min) m = fp16_to_fp32(rd16(ms + 2 * j));
-                    } else {
-                        memcpy(&d, ds + 4 * j, 4);
-                        if (l.has_min) memcpy(&m, ms + 4 * j, 4);
-                    }
-                    float idot = l.sub == 32 ? (float)(dot[0] + dot[1]) : (float)dot[h];
-                    float dsum = l.sub == 32 ? a.dsum32[b] : a.dsum16[2 * b + h];
+                    float d, m;
+                    record_scales(&l, rec, j, h, &d, &m);
+                    const float idot = l.sub == 32 ? (float)(dot[0] + dot[1]) : (float)dot[h];
+                    const float dsum = l.sub == 32 ? a.dsum32[b] : a.dsum16[2 * b + h];
                     acc[j] += idot * (d * a.d[b]);
                     if (l.has_min) acc[j] += m * dsum;
                 }
