@@ -50,6 +50,7 @@ class CausalLM(nn.Module):
         """Called by the loader once every checkpoint tensor is in place."""
         if not self.lm_head.is_loaded and self.tie_word_embeddings:
             self.lm_head.tie_to(self.model.embed_tokens)
+            self.model.embed_tokens.repacked = self.lm_head.repacked  # one copy for both
 
     def forward(self, batch: Batch) -> torch.Tensor:
         hidden = self.model(batch)

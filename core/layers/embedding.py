@@ -26,6 +26,10 @@ class Embedding(nn.Module):
         self.release_rows = None
         """A memory-mapped table's page release (see `QuantizedTensor`), for a tied output
         layer that copies the table."""
+        self.repacked: cpu.RepackedWeight | None = None
+        """The table as the native kernels' records, when a tied output layer made them: rows
+        are then read from there, not from the file (whose pages each lookup would map back in,
+        64 KiB around the row)."""
 
     def load_checkpoint_tensor(self, leaf: str, value: torch.Tensor | QuantizedTensor,
                                dtype: torch.dtype) -> None:
@@ -37,6 +41,12 @@ class Embedding(nn.Module):
         else:
             self.weight = nn.Parameter(value.to(dtype), requires_grad=False)
 
+    def _apply(self, fn, recurse=True):
+        result = super()._apply(fn, recurse)
+        if self.qweight is not None and not self.qweight.is_cpu:
+            self.repacked = None  # the output layer repacks for the CPU only
+        return result
+
     @property
     def is_loaded(self) -> bool:
         return self.qweight is not None or not self.weight.is_meta
@@ -44,9 +54,11 @@ class Embedding(nn.Module):
     def forward(self, input_ids: torch.Tensor, scale: float | None = None) -> torch.Tensor:
         """The rows of `input_ids`, times `scale` when given (in the model dtype, as Gemma's
         embedding normalizer)."""
-        if self.qweight is not None and self.dtype is torch.float32:
-            rows = cpu.dequantize_rows(self.qweight, as_qtype(self.qtype), input_ids,
-                                       1.0 if scale is None else scale)
+        if self.qweight is not None and self.dtype is torch.float32 and input_ids.is_cpu:
+            factor = 1.0 if scale is None else scale
+            rows = (cpu.dequantize_rows(self.qweight, as_qtype(self.qtype), input_ids, factor)
+                    if self.repacked is None
+                    else cpu.dequantize_repacked(self.repacked, input_ids, factor))
             if rows is not None:
                 return rows.view(*input_ids.shape, self.embedding_dim)
         if self.qweight is None:

@@ -132,13 +132,18 @@ def test_one_call_computes_several_weights_and_can_add_into_a_residual(kernels):
     torch.testing.assert_close(added, residual + alone[:, -7:], rtol=1e-6, atol=1e-6)
 
 
-def test_embedding_rows_are_the_reference_rows(kernels):
-    packed = packed_weight(Q.Q6_K, 40, 512)
-    ids = torch.tensor([3, 0, 39, 3])
-    rows = cpu.dequantize_rows(packed, Q.Q6_K, ids, scale=2.0)
-    assert torch.equal(rows, dequantize_reference(packed[ids], Q.Q6_K) * 2.0)
+@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q4_1, Q.Q6_K], ids=lambda q: q.name)
+def test_embedding_rows_are_the_reference_rows(kernels, qtype):
+    """From the file's blocks, and from the records of a tied output layer."""
+    packed = packed_weight(qtype, 40, 512)
+    ids = torch.tensor([3, 0, 39, 3, 17])
+    expected = dequantize_reference(packed[ids], qtype) * 2.0
+    assert torch.equal(cpu.dequantize_rows(packed, qtype, ids, scale=2.0), expected)
+    assert torch.equal(cpu.dequantize_repacked(cpu.repack(packed, qtype), ids, 2.0), expected)
     with pytest.raises(IndexError, match="token ids must be in 0..39"):
-        cpu.dequantize_rows(packed, Q.Q6_K, torch.tensor([40]))
+        cpu.dequantize_rows(packed, qtype, torch.tensor([40]))
+    with pytest.raises(IndexError, match="token ids must be in 0..39"):
+        cpu.dequantize_repacked(cpu.repack(packed, qtype), torch.tensor([-1]))
 
 
 @pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16], ids=str)

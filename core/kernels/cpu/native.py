@@ -39,6 +39,7 @@ SIGNATURES = {
     "mrs_repack": (_I, [_I, _P, _L, _L, _P, _I]),
     "mrs_dequantize_repacked": (_I, [_I, _P, _L, _L, _P]),
     "mrs_dequantize_rows": (_I, [_I, _P, _L, _L, _P, _L, _F, _P]),
+    "mrs_dequantize_repacked_rows": (_I, [_I, _P, _L, _L, _P, _L, _F, _P]),
     "mrs_activation_bytes": (_L, [_L, _L]),
     "mrs_quantize_dequantize_rows": (None, [_P, _L, _L, _I, _P, _P]),
     "mrs_activation_group": (_I, [_I]),

@@ -338,25 +338,42 @@ static void record_scales(const layout_t *l, const uint8_t *rec, int j, int h, f
     }
 }
 
+/* Row `row` of a repacked matrix (`blocks` records per group) times `scale` into out [k]. */
+static void repacked_row(const layout_t *l, const uint8_t *w, int blocks, long long row,
+                         float scale, float *out) {
+    const int g = (int)(row / LANES), j = (int)(row % LANES);
+    const long long rb = record_bytes(l);
+    for (int b = 0; b < blocks; b++) {
+        const uint8_t *rec = w + ((long long)g * blocks + b) * rb;
+        for (int col = 0; col < BLOCK; col++) {
+            float d, m;
+            record_scales(l, rec, j, col / l->sub, &d, &m);
+            const int v = record_code(l, rec, j, col);
+            const float value = l->has_min ? d * (float)v + m : d * (float)(v + l->offset);
+            out[(long long)b * BLOCK + col] = scale != 1.0f ? value * scale : value;
+        }
+    }
+}
+
 /* The weights a repacked matrix stands for, float32 [n, k] (the tests' view of a repack). */
 int mrs_dequantize_repacked(int qtype, const uint8_t *w, long long n, long long k, float *out) {
     layout_t l;
     if (!layout_of(qtype, &l) || k % l.block_elems) return -1;
-    const int blocks = (int)(k / BLOCK);
-    const long long rb = record_bytes(&l);
-    for (long long r = 0; r < n; r++) {
-        const int g = (int)(r / LANES), j = (int)(r % LANES);
-        for (int b = 0; b < blocks; b++) {
-            const uint8_t *rec = w + ((long long)g * blocks + b) * rb;
-            for (int col = 0; col < BLOCK; col++) {
-                float d, m;
-                record_scales(&l, rec, j, col / l.sub, &d, &m);
-                const int v = record_code(&l, rec, j, col);
-                out[r * k + (long long)b * BLOCK + col] =
-                    l.has_min ? d * (float)v + m : d * (float)(v + l.offset);
-            }
-        }
-    }
+    for (long long r = 0; r < n; r++) repacked_row(&l, w, (int)(k / BLOCK), r, 1.0f, out + r * k);
+    return 0;
+}
+
+/* Rows ids[i] of a repacked matrix [n, k] times `scale`, as float32 [n_ids, k] (the embedding
+ * rows of a table tied to an output layer). Returns -2, writing nothing, for an id outside
+ * 0..n-1. */
+int mrs_dequantize_repacked_rows(int qtype, const uint8_t *w, long long n, long long k,
+                                 const int64_t *ids, long long n_ids, float scale, float *out) {
+    layout_t l;
+    if (!layout_of(qtype, &l) || k % l.block_elems) return -1;
+    for (long long r = 0; r < n_ids; r++)
+        if (ids[r] < 0 || ids[r] >= n) return -2;
+    for (long long r = 0; r < n_ids; r++)
+        repacked_row(&l, w, (int)(k / BLOCK), ids[r], scale, out + r * k);
     return 0;
 }
 

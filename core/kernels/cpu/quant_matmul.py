@@ -136,12 +136,23 @@ class PackedLinears:
         return out if x.dim() == 2 else out.view(*x.shape[:-1], self.out_features)
 
 
-def dequantize_repacked(weight: RepackedWeight) -> torch.Tensor:
-    """The float32 weight [out_features, in_features] the records hold."""
-    out = torch.empty(weight.out_features, weight.in_features)
-    native.library().mrs_dequantize_repacked(int(weight.qtype), weight.data.data_ptr(),
-                                             weight.out_features, weight.in_features,
-                                             out.data_ptr())
+def dequantize_repacked(weight: RepackedWeight, ids: torch.Tensor | None = None,
+                        scale: float = 1.0) -> torch.Tensor:
+    """The float32 weight [out_features, in_features] the records hold, or its rows `ids`
+    times `scale` (the embedding lookups of a table tied to an output layer)."""
+    lib = native.library()
+    if ids is None:
+        out = torch.empty(weight.out_features, weight.in_features)
+        lib.mrs_dequantize_repacked(int(weight.qtype), weight.data.data_ptr(),
+                                    weight.out_features, weight.in_features, out.data_ptr())
+        return out
+    ids = ids.reshape(-1).to(torch.int64).contiguous()
+    out = torch.empty(len(ids), weight.in_features)
+    status = native.call(lib.mrs_dequantize_repacked_rows, int(weight.qtype), weight.data.data_ptr(),
+                         weight.out_features, weight.in_features, ids.data_ptr(), len(ids), scale,
+                         out.data_ptr())
+    if status == -2:
+        raise IndexError(f"token ids must be in 0..{weight.out_features - 1}")
     return out
 
 
