@@ -142,6 +142,7 @@ class Engine:
         self.num_prefill_tokens = 0
         self._inbox: queue.Queue = queue.Queue()
         self._choices: dict[int, _Choice] = {}
+        self._num_threads = torch.get_num_threads()
         self._thread = threading.Thread(target=self._loop, name="mistralrs-engine", daemon=True)
         self._thread.start()
 
@@ -186,6 +187,8 @@ class Engine:
 
     # -- the engine thread -------------------------------------------------------------------
     def _loop(self) -> None:
+        # A new thread starts from OpenMP's default thread count, not its creator's setting.
+        torch.set_num_threads(self._num_threads)
         while True:
             try:
                 message = self._inbox.get(block=not self.scheduler.has_work())
