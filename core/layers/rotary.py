@@ -117,40 +117,38 @@ class RotaryEmbedding(nn.Module):
         return positions[:, None] * inv_freq, torch.where(long, self.long_scale, self.short_scale)
 
     def cos_sin(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._batch is not batch and self.rope_type not in ("dynamic", "longrope") and \
-                cpu_ops.usable(self.inv_freq) and batch.positions.is_cpu:
-            self._batch = batch
-            self._cos_sin = cpu_ops.rope_cos_sin(batch.positions, self.inv_freq,
-                                                 self.attention_factor)
+        """cos, sin [T, rotary_dim/2] for the batch's positions, computed once per batch."""
         if self._batch is not batch:
-            positions = batch.positions.float()
-            scale = self.attention_factor
-            if self.rope_type == "dynamic":
-                freqs = positions[:, None] * self._token_inv_freq(batch).to(positions.device)
-            elif self.rope_type == "longrope":
-                freqs, scale = self._longrope_freqs(positions, batch)
-            else:
-                freqs = positions[:, None] * self.inv_freq[None, :]
-            cos, sin = freqs.cos(), freqs.sin()
-            if self.rope_type == "longrope" or self.attention_factor != 1.0:
-                cos, sin = cos * scale, sin * scale
-            self._batch, self._cos_sin = batch, (cos, sin)
+            self._batch, self._cos_sin = batch, self._compute_cos_sin(batch)
         return self._cos_sin
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, batch: Batch):
-        """q [T, Hq, D], k [T, Hk, D] -> rotated q, k."""
-        cos, sin = self.cos_sin(batch)
-        return _rotate(q, cos, sin, self.rotary_dim), _rotate(k, cos, sin, self.rotary_dim)
+    def _compute_cos_sin(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.rope_type not in ("dynamic", "longrope") and cpu_ops.usable(self.inv_freq) \
+                and batch.positions.is_cpu:
+            return cpu_ops.rope_cos_sin(batch.positions, self.inv_freq, self.attention_factor)
+        positions = batch.positions.float()
+        scale = self.attention_factor
+        if self.rope_type == "dynamic":
+            freqs = positions[:, None] * self._token_inv_freq(batch).to(positions.device)
+        elif self.rope_type == "longrope":
+            freqs, scale = self._longrope_freqs(positions, batch)
+        else:
+            freqs = positions[:, None] * self.inv_freq[None, :]
+        cos, sin = freqs.cos(), freqs.sin()
+        if self.rope_type == "longrope" or self.attention_factor != 1.0:
+            cos, sin = cos * scale, sin * scale
+        return cos, sin
 
-    def rotate_(self, q: torch.Tensor, k: torch.Tensor, batch: Batch) -> None:
-        """`forward`, writing the rotated q and k over the inputs (one native call each on the
-        CPU)."""
+    def forward(self, q: torch.Tensor, k: torch.Tensor, batch: Batch,
+                may_overwrite: bool = False):
+        """q [T, Hq, D], k [T, Hk, D] -> rotated q, k. With `may_overwrite`, a caller that owns
+        q and k lets the native CPU kernel rotate them where they are (no new tensors)."""
         cos, sin = self.cos_sin(batch)
-        if cpu_ops.usable(q, k, cos, sin) and cos.is_contiguous() and sin.is_contiguous():
+        if may_overwrite and cpu_ops.usable(q, k, cos, sin) and cos.is_contiguous() \
+                and sin.is_contiguous():
             cpu_ops.rotary_(q, k, cos, sin, self.rotary_dim)
-            return
-        q.copy_(_rotate(q, cos, sin, self.rotary_dim))
-        k.copy_(_rotate(k, cos, sin, self.rotary_dim))
+            return q, k
+        return _rotate(q, cos, sin, self.rotary_dim), _rotate(k, cos, sin, self.rotary_dim)
 
 
 def _token_sequence_lengths(batch: Batch) -> torch.Tensor:

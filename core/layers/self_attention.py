@@ -46,5 +46,5 @@ class SelfAttention(nn.Module):
         v = v.view(t, attn.num_kv_heads, attn.v_head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        self.rotary.rotate_(q, k, batch)
+        q, k = self.rotary(q, k, batch, may_overwrite=True)
         return self.o_proj(attn(q, k, v, batch), residual)
