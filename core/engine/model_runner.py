@@ -64,15 +64,19 @@ class ModelRunner:
         self.decode_graphs = (DecodeGraphs(model, self.kv_caches, max_blocks)
                               if device.type == "cpu" else None)
 
+    def _slot(self, block_table: list[int], position: int) -> int:
+        """The KV cache slot that holds the token at `position` of a sequence."""
+        return block_table[position // self.block_size] * self.block_size \
+            + position % self.block_size
+
     def _batch(self, scheduled: list[ScheduledSequence], all_logits: bool) -> Batch:
         input_ids, positions, slots, cu, context_lens, logits_rows = [], [], [], [0], [], []
-        bs = self.block_size
         for item in scheduled:
             seq, start = item.seq, item.seq.num_computed
             end = start + item.num_new_tokens
             input_ids.extend(seq.token_ids[start:end])
             positions.extend(range(start, end))
-            slots.extend(seq.block_table[p // bs] * bs + p % bs for p in range(start, end))
+            slots.extend(self._slot(seq.block_table, p) for p in range(start, end))
             cu.append(cu[-1] + item.num_new_tokens)
             context_lens.append(end)
             if all_logits:
@@ -120,9 +124,8 @@ class ModelRunner:
         return self.model(self._batch(scheduled, all_logits))
 
     def _replay_decode(self, scheduled: list[ScheduledSequence]) -> torch.Tensor | None:
-        bs = self.block_size
         positions = [item.seq.num_computed for item in scheduled]
         return self.decode_graphs.run(
             [item.seq.token_ids[p] for item, p in zip(scheduled, positions)], positions,
-            [item.seq.block_table[p // bs] * bs + p % bs for item, p in zip(scheduled, positions)],
+            [self._slot(item.seq.block_table, p) for item, p in zip(scheduled, positions)],
             [p + 1 for p in positions], [item.seq.block_table for item in scheduled])
