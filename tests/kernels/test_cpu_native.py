@@ -282,13 +282,11 @@ def test_without_a_compiler_the_torch_references_run(tmp_path, monkeypatch, capl
         with monkeypatch.context() as patch:
             patch.setenv("CC", str(tmp_path / "no-such-compiler"))
             patch.setenv("MISTRALRS_CACHE_DIR", str(tmp_path / "cache"))
-            native._load.cache_clear()
             native._configured_library.cache_clear()
             with caplog.at_level(logging.WARNING, logger=native.__name__):
                 assert native.library() is None
             assert "Install a C compiler" in caplog.text
             assert cpu.repack(packed_weight(Q.Q8_0, 16, 64), Q.Q8_0) is None
     finally:
-        native._load.cache_clear()
         native._configured_library.cache_clear()
     assert native.library() is not None

@@ -178,7 +178,6 @@ def load(path: Path) -> ctypes.CDLL:
     return lib
 
 
-@functools.cache
 def _load() -> ctypes.CDLL | None:
     here = Path(__file__).resolve().parent
     key = hashlib.sha256()
