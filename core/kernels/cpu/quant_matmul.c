@@ -363,15 +363,24 @@ int mrs_dequantize_repacked(int qtype, const uint8_t *w, long long n, long long 
     return 0;
 }
 
+/* The layout for looking up rows ids[i] of a [n, k] matrix of `qtype`: returns -1 for a type
+ * or k the kernels do not take, -2 for an id outside 0..n-1, else 0. */
+static int lookup_layout(int qtype, long long n, long long k, const int64_t *ids,
+                         long long n_ids, layout_t *l) {
+    if (!layout_of(qtype, l) || k % l->block_elems) return -1;
+    for (long long r = 0; r < n_ids; r++)
+        if (ids[r] < 0 || ids[r] >= n) return -2;
+    return 0;
+}
+
 /* Rows ids[i] of a repacked matrix [n, k] times `scale`, as float32 [n_ids, k] (the embedding
  * rows of a table tied to an output layer). Returns -2, writing nothing, for an id outside
  * 0..n-1. */
 int mrs_dequantize_repacked_rows(int qtype, const uint8_t *w, long long n, long long k,
                                  const int64_t *ids, long long n_ids, float scale, float *out) {
     layout_t l;
-    if (!layout_of(qtype, &l) || k % l.block_elems) return -1;
-    for (long long r = 0; r < n_ids; r++)
-        if (ids[r] < 0 || ids[r] >= n) return -2;
+    const int status = lookup_layout(qtype, n, k, ids, n_ids, &l);
+    if (status) return status;
     for (long long r = 0; r < n_ids; r++)
         repacked_row(&l, w, (int)(k / BLOCK), ids[r], scale, out + r * k);
     return 0;
@@ -382,9 +391,8 @@ int mrs_dequantize_repacked_rows(int qtype, const uint8_t *w, long long n, long 
 int mrs_dequantize_rows(int qtype, const uint8_t *src, long long n_rows, long long k,
                         const int64_t *ids, long long n_ids, float scale, float *out) {
     layout_t l;
-    if (!layout_of(qtype, &l) || k % l.block_elems) return -1;
-    for (long long r = 0; r < n_ids; r++)
-        if (ids[r] < 0 || ids[r] >= n_rows) return -2;
+    const int status = lookup_layout(qtype, n_rows, k, ids, n_ids, &l);
+    if (status) return status;
     const long long row_bytes = k / l.block_elems * l.block_bytes;
     for (long long r = 0; r < n_ids; r++)
         for (int b = 0; b < k / BLOCK; b++) {

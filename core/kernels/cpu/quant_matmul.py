@@ -146,13 +146,20 @@ def dequantize_repacked(weight: RepackedWeight, ids: torch.Tensor | None = None,
         lib.mrs_dequantize_repacked(int(weight.qtype), weight.data.data_ptr(),
                                     weight.out_features, weight.in_features, out.data_ptr())
         return out
+    return _lookup(lib.mrs_dequantize_repacked_rows, weight.qtype, weight.data,
+                   weight.out_features, weight.in_features, ids, scale)
+
+
+def _lookup(kernel, qtype: Q, table: torch.Tensor, rows: int, cols: int, ids: torch.Tensor,
+            scale: float) -> torch.Tensor:
+    """float32 [len(ids), cols]: rows `ids` of a table of `rows` rows (GGUF blocks or records)
+    times `scale`, by one of the kernels `mrs_dequantize_rows`, `mrs_dequantize_repacked_rows`."""
     ids = ids.reshape(-1).to(torch.int64).contiguous()
-    out = torch.empty(len(ids), weight.in_features)
-    status = native.call(lib.mrs_dequantize_repacked_rows, int(weight.qtype), weight.data.data_ptr(),
-                         weight.out_features, weight.in_features, ids.data_ptr(), len(ids), scale,
-                         out.data_ptr())
+    out = torch.empty(len(ids), cols)
+    status = native.call(kernel, int(qtype), table.data_ptr(), rows, cols, ids.data_ptr(),
+                         len(ids), scale, out.data_ptr())
     if status == -2:
-        raise IndexError(f"token ids must be in 0..{weight.out_features - 1}")
+        raise IndexError(f"token ids must be in 0..{rows - 1}")
     return out
 
 
@@ -182,12 +189,5 @@ def dequantize_rows(packed: torch.Tensor, qtype: Q, ids: torch.Tensor,
     lib = native.library()
     if lib is None or qtype not in SUPPORTED_TYPES or packed.device.type != "cpu":
         return None
-    k = row_elements(qtype, packed.shape[1])
-    ids = ids.reshape(-1).to(torch.int64).contiguous()
-    packed = packed.contiguous()
-    out = torch.empty(len(ids), k)
-    status = native.call(lib.mrs_dequantize_rows, int(qtype), packed.data_ptr(),
-                         packed.shape[0], k, ids.data_ptr(), len(ids), scale, out.data_ptr())
-    if status == -2:
-        raise IndexError(f"token ids must be in 0..{packed.shape[0] - 1}")
-    return out
+    return _lookup(lib.mrs_dequantize_rows, qtype, packed.contiguous(), packed.shape[0],
+                   row_elements(qtype, packed.shape[1]), ids, scale)
