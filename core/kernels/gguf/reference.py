@@ -56,8 +56,8 @@ def dequantize_bf16(blocks: torch.Tensor) -> torch.Tensor:
 # Each quantized type is described by two functions of its blocks: the small integers q (int8
 # [n_blocks, elements]) and the per-group scale and offset (float32 [n_blocks, groups], the
 # offset None where the type has none). The reference dequantizes with them. Offsets are
-# stored with their sign, so llama.cpp's
-# `scale * q - min` is `scale * q + (-min)`, the same float.
+# stored with their sign, so llama.cpp's `scale * q - min` is `scale * q + (-min)`, the same
+# float.
 
 ScalesFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 
