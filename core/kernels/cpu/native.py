@@ -45,7 +45,7 @@ SIGNATURES = {
     "mrs_activation_group": (_I, [_I]),
     "mrs_quant_matmul": (_I, [_P, _I, _P, _L, _L, _L, _P, _I]),
     "mrs_has_vnni": (_I, []),
-    "mrs_rms_norm": (None, [_P, _L, _L, _I, _P, _L, _P, _I, _P, _I, _L, _I, _F, _I]),
+    "mrs_rms_norm": (None, [_P, _L, _L, _I, _P, _I, _P, _I, _L, _I, _F, _I]),
     "mrs_rope_cos_sin": (None, [_P, _L, _P, _I, _F, _P, _P]),
     "mrs_rotary": (None, [_P, _L, _L, _I, _P, _L, _L, _I, _L, _I, _P, _P]),
     "mrs_gated_activation": (None, [_P, _P, _L, _L, _I, _I, _P, _I]),

@@ -84,15 +84,12 @@ static float exp_shifted(const float *s, float shift, float *p, int n) {
     const long long first = (long long)(n) * (part) / (parts), last = (long long)(n) * ((part) + 1) / (parts)
 
 /* Row r of x sits at x + (r / inner) * x_outer + (r % inner) * x_inner (rows of [T, H, D] views
- * as well as of [T, D]). With `residual` set (rows residual_stride apart), x += residual first,
- * in place. Then out[r] = x / sqrt(mean(x^2) + eps) * (w or 1 + w), out contiguous; with
- * add_to_out, out[r] += that instead. */
+ * as well as of [T, D]). out[r] = x / sqrt(mean(x^2) + eps) * (w or 1 + w), out contiguous;
+ * with add_to_out, out[r] += that instead. */
 typedef struct {
-    float *x;
+    const float *x;
     long long x_outer, x_inner;
     int inner;
-    const float *residual;
-    long long residual_stride;
     const float *w;
     int unit_offset;
     float *out;
@@ -107,13 +104,8 @@ static void rms_norm_part(void *arg, int part, int parts) {
     const int dim = c->dim;
     PART_RANGE(c->rows, part, parts, first, last);
     for (long long r = first; r < last; r++) {
-        float *xr = c->x + (r / c->inner) * c->x_outer + (r % c->inner) * c->x_inner;
+        const float *xr = c->x + (r / c->inner) * c->x_outer + (r % c->inner) * c->x_inner;
         float *o = c->out + r * dim;
-        if (c->residual) {
-            const float *res = c->residual + r * c->residual_stride;
-#pragma omp simd
-            for (int i = 0; i < dim; i++) xr[i] += res[i];
-        }
         float ss = 0.0f;
 #pragma omp simd reduction(+ : ss)
         for (int i = 0; i < dim; i++) ss += xr[i] * xr[i];
@@ -128,12 +120,10 @@ static void rms_norm_part(void *arg, int part, int parts) {
     }
 }
 
-void mrs_rms_norm(float *x, long long x_outer, long long x_inner, int inner,
-                  const float *residual, long long residual_stride, const float *w,
-                  int unit_offset, float *out, int add_to_out, long long rows, int dim, float eps,
-                  int nthreads) {
-    rms_norm_ctx c = {x, x_outer, x_inner, inner, residual, residual_stride, w, unit_offset, out,
-                      add_to_out, rows, dim, eps};
+void mrs_rms_norm(const float *x, long long x_outer, long long x_inner, int inner,
+                  const float *w, int unit_offset, float *out, int add_to_out, long long rows,
+                  int dim, float eps, int nthreads) {
+    rms_norm_ctx c = {x, x_outer, x_inner, inner, w, unit_offset, out, add_to_out, rows, dim, eps};
     mrs_parallel(rms_norm_part, &c, rows * dim > (1 << 16) ? nthreads : 1);
 }
 

@@ -57,8 +57,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, unit_offset: boo
         return None
     rows, outer, inner_stride, inner = layout
     out = torch.empty(x.shape) if add_to is None else add_to
-    native.call(native.library().mrs_rms_norm, x.data_ptr(), outer, inner_stride, inner, None,
-                0, weight.data_ptr(), int(unit_offset), out.data_ptr(), int(add_to is not None),
+    native.call(native.library().mrs_rms_norm, x.data_ptr(), outer, inner_stride, inner,
+                weight.data_ptr(), int(unit_offset), out.data_ptr(), int(add_to is not None),
                 rows, x.shape[-1], eps, threads())
     return out
 
