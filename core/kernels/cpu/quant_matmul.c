@@ -51,20 +51,26 @@ typedef struct {
     int block_bytes, block_elems; /* of the GGUF type */
 } layout_t;
 
+/* Every type the kernels take: X(type id, name, then its layout_t fields). One list, expanded
+ * into the lookup table and into the loops that need the layout as a compile-time constant
+ * (repacking, the VNNI tiles). */
+#define MRS_TYPES(X)                                   \
+    X(T_Q4_0, q4_0, 4, 32, 0, 1, -8, 18, 32)           \
+    X(T_Q4_1, q4_1, 4, 32, 1, 1, 0, 20, 32)            \
+    X(T_Q5_0, q5_0, 5, 32, 0, 1, -16, 22, 32)          \
+    X(T_Q5_1, q5_1, 5, 32, 1, 1, 0, 24, 32)            \
+    X(T_Q8_0, q8_0, 8, 32, 0, 1, -128, 34, 32)         \
+    X(T_Q2_K, q2_k, 2, 16, 1, 0, 0, 84, 256)           \
+    X(T_Q3_K, q3_k, 3, 16, 0, 0, -4, 110, 256)         \
+    X(T_Q4_K, q4_k, 4, 32, 1, 0, 0, 144, 256)          \
+    X(T_Q5_K, q5_k, 5, 32, 1, 0, 0, 176, 256)          \
+    X(T_Q6_K, q6_k, 6, 16, 0, 0, -32, 210, 256)        \
+    X(T_Q8_K, q8_k, 8, 32, 0, 0, -128, 292, 256)
+
 static int layout_of(int qtype, layout_t *l) {
-    static const struct { int qtype; layout_t l; } table[] = {
-        {T_Q4_0, {4, 32, 0, 1, -8, 18, 32}},
-        {T_Q4_1, {4, 32, 1, 1, 0, 20, 32}},
-        {T_Q5_0, {5, 32, 0, 1, -16, 22, 32}},
-        {T_Q5_1, {5, 32, 1, 1, 0, 24, 32}},
-        {T_Q8_0, {8, 32, 0, 1, -128, 34, 32}},
-        {T_Q2_K, {2, 16, 1, 0, 0, 84, 256}},
-        {T_Q3_K, {3, 16, 0, 0, -4, 110, 256}},
-        {T_Q4_K, {4, 32, 1, 0, 0, 144, 256}},
-        {T_Q5_K, {5, 32, 1, 0, 0, 176, 256}},
-        {T_Q6_K, {6, 16, 0, 0, -32, 210, 256}},
-        {T_Q8_K, {8, 32, 0, 0, -128, 292, 256}},
-    };
+#define LAYOUT_ROW(T, name, ...) {T, {__VA_ARGS__}},
+    static const struct { int qtype; layout_t l; } table[] = {MRS_TYPES(LAYOUT_ROW)};
+#undef LAYOUT_ROW
     for (unsigned i = 0; i < sizeof table / sizeof table[0]; i++)
         if (table[i].qtype == qtype) { *l = table[i].l; return 1; }
     return 0;
@@ -267,9 +273,9 @@ typedef struct {
     uint8_t *dst;
 } repack_ctx;
 
-#define REPACK_CASE(T, BITS, SUB, MIN, F16, OFF, BB, BE)                                      \
+#define REPACK_CASE(T, name, ...)                                                             \
     case T: {                                                                                  \
-        const layout_t l = {BITS, SUB, MIN, F16, OFF, BB, BE};                                 \
+        const layout_t l = {__VA_ARGS__};                                                      \
         for (int g = first; g < last; g++)                                                     \
             for (int b = 0; b < c->blocks; b++)                                                \
                 repack_record(T, &l, c->src, c->row_bytes, c->n, g, b,                         \
@@ -281,19 +287,7 @@ static void repack_part(void *arg, int part, int parts) {
     const repack_ctx *c = arg;
     const int first = (int)((long long)c->groups * part / parts);
     const int last = (int)((long long)c->groups * (part + 1) / parts);
-    switch (c->qtype) {
-        REPACK_CASE(T_Q4_0, 4, 32, 0, 1, -8, 18, 32)
-        REPACK_CASE(T_Q4_1, 4, 32, 1, 1, 0, 20, 32)
-        REPACK_CASE(T_Q5_0, 5, 32, 0, 1, -16, 22, 32)
-        REPACK_CASE(T_Q5_1, 5, 32, 1, 1, 0, 24, 32)
-        REPACK_CASE(T_Q8_0, 8, 32, 0, 1, -128, 34, 32)
-        REPACK_CASE(T_Q2_K, 2, 16, 1, 0, 0, 84, 256)
-        REPACK_CASE(T_Q3_K, 3, 16, 0, 0, -4, 110, 256)
-        REPACK_CASE(T_Q4_K, 4, 32, 1, 0, 0, 144, 256)
-        REPACK_CASE(T_Q5_K, 5, 32, 1, 0, 0, 176, 256)
-        REPACK_CASE(T_Q6_K, 6, 16, 0, 0, -32, 210, 256)
-        REPACK_CASE(T_Q8_K, 8, 32, 0, 0, -128, 292, 256)
-    }
+    switch (c->qtype) { MRS_TYPES(REPACK_CASE) }
 }
 
 /* src: n rows of GGUF blocks, row_bytes each; dst: mrs_repacked_bytes(...) bytes. */
@@ -625,12 +619,12 @@ typedef void (*tile_fn)(const uint8_t *, int, const layout_t *, const uint8_t *,
 
 #if MRS_VNNI
 /* One specialization per type, so that the layout is a compile-time constant inside. */
-#define TILE_FOR(name, BITS, SUB, MIN, F16, OFF)                                              \
-    static void name(const uint8_t *wg, int blocks, const layout_t *lp, const uint8_t *acts,   \
-                     long long k, long long m0, int mt, float *out, long long os, int cols,    \
-                     int acc) {                                                                \
+#define TILE_FOR(T, name, ...)                                                                \
+    static void tile_##name(const uint8_t *wg, int blocks, const layout_t *lp,                 \
+                            const uint8_t *acts, long long k, long long m0, int mt, float *out, \
+                            long long os, int cols, int acc) {                                 \
         (void)lp;                                                                              \
-        const layout_t l = {BITS, SUB, MIN, F16, OFF, 0, 0};                                   \
+        const layout_t l = {__VA_ARGS__};                                                      \
         switch (mt) {                                                                          \
         case 1: tile_vnni(wg, blocks, &l, acts, k, m0, 1, out, os, cols, acc); return;              \
         case 2: tile_vnni(wg, blocks, &l, acts, k, m0, 2, out, os, cols, acc); return;              \
@@ -639,32 +633,12 @@ typedef void (*tile_fn)(const uint8_t *, int, const layout_t *, const uint8_t *,
         default: tile_vnni(wg, blocks, &l, acts, k, m0, MT, out, os, cols, acc); return;            \
         }                                                                                      \
     }
-TILE_FOR(tile_q4_0, 4, 32, 0, 1, -8)
-TILE_FOR(tile_q4_1, 4, 32, 1, 1, 0)
-TILE_FOR(tile_q5_0, 5, 32, 0, 1, -16)
-TILE_FOR(tile_q5_1, 5, 32, 1, 1, 0)
-TILE_FOR(tile_q8_0, 8, 32, 0, 1, -128)
-TILE_FOR(tile_q2_k, 2, 16, 1, 0, 0)
-TILE_FOR(tile_q3_k, 3, 16, 0, 0, -4)
-TILE_FOR(tile_q4_k, 4, 32, 1, 0, 0)
-TILE_FOR(tile_q5_k, 5, 32, 1, 0, 0)
-TILE_FOR(tile_q6_k, 6, 16, 0, 0, -32)
-TILE_FOR(tile_q8_k, 8, 32, 0, 0, -128)
+MRS_TYPES(TILE_FOR)
 
 static tile_fn tile_for(int qtype) {
-    switch (qtype) {
-    case T_Q4_0: return tile_q4_0;
-    case T_Q4_1: return tile_q4_1;
-    case T_Q5_0: return tile_q5_0;
-    case T_Q5_1: return tile_q5_1;
-    case T_Q8_0: return tile_q8_0;
-    case T_Q2_K: return tile_q2_k;
-    case T_Q3_K: return tile_q3_k;
-    case T_Q4_K: return tile_q4_k;
-    case T_Q5_K: return tile_q5_k;
-    case T_Q6_K: return tile_q6_k;
-    case T_Q8_K: return tile_q8_k;
-    }
+#define TILE_CASE(T, name, ...) case T: return tile_##name;
+    switch (qtype) { MRS_TYPES(TILE_CASE) }
+#undef TILE_CASE
     return tile_portable;
 }
 #else
