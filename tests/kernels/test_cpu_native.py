@@ -1,7 +1,8 @@
 """The native CPU kernels (`mistralrs.kernels.cpu`) against independent oracles.
 
-Each check runs twice: on the library this machine builds (AVX-512 VNNI here) and on one built
-without AVX-512, so that the portable code is checked too. Oracles: gguf-py's dequantization
+Each check runs on the library this machine builds and on narrower builds of the same sources:
+the AVX2 kernels (where the CPU has AVX2) and the portable C, so that every path is checked on
+an AVX-512 machine and the portable one everywhere. Oracles: gguf-py's dequantization
 (through `dequantize_reference`, bit-exact with it) for what the repacked records hold; float64
 matmuls of the quantized activations for the matmuls (the kernels' products are exact in int32,
 so only the float scaling and summation order differ: 1e-5 relative); gguf-py's Q8_0 quantizer
@@ -30,26 +31,42 @@ from test_gguf_matmul import packed_weight
 TYPES = sorted(cpu.SUPPORTED_TYPES, key=int)
 
 
-def portable_flags() -> tuple[str, ...]:
-    """The build flags without AVX-512 (the kernels' portable code)."""
-    extra = ("-mno-avx512f",) if platform.machine() in ("x86_64", "AMD64") else ()
-    return (*native.FLAGS, *extra)
+X86 = platform.machine() in ("x86_64", "AMD64")
+
+
+def _cpu_has(flag: str) -> bool:
+    return flag in native._cpu_flags().split()
+
+
+# Builds besides the native one, by the flags that narrow -march=native: the AVX2 kernels (on
+# an AVX-512 CPU; without AVX-512 they are the native build) and the portable C (every CPU).
+BUILDS = {
+    "avx2": ("-mno-avx512f",) if X86 and _cpu_has("avx512f") else None,
+    "portable": ("-mno-avx512f", "-mno-avx2") if X86 else (),
+}
+ISA = {"avx2": b"avx2", "portable": b"portable"}
 
 
 @pytest.fixture(scope="module")
-def portable_library(tmp_path_factory):
-    target = tmp_path_factory.mktemp("native") / "libmistralrs_cpu_portable.so"
-    native.build(target, portable_flags())
-    lib = native.load(target)
-    assert lib.mrs_has_vnni() == 0
-    return lib
+def narrower_library(tmp_path_factory):
+    libraries = {}
+
+    def build(name: str):
+        if name not in libraries:
+            target = tmp_path_factory.mktemp("native") / f"libmistralrs_cpu_{name}.so"
+            native.build(target, (*native.FLAGS, *BUILDS[name]))
+            libraries[name] = native.load(target)
+            assert libraries[name].mrs_matmul_isa() == ISA[name]
+        return libraries[name]
+
+    return build
 
 
-@pytest.fixture(params=["native", "portable"])
+@pytest.fixture(params=["native", *(name for name, flags in BUILDS.items() if flags is not None)])
 def kernels(request, monkeypatch):
     """Which build the test runs on (the module functions call `native.library()`)."""
-    if request.param == "portable":
-        lib = request.getfixturevalue("portable_library")
+    if request.param != "native":
+        lib = request.getfixturevalue("narrower_library")(request.param)
         monkeypatch.setattr(native, "library", lambda: lib)
     assert native.library() is not None
     return request.param

@@ -44,7 +44,7 @@ SIGNATURES = {
     "mrs_quantize_dequantize_rows": (None, [_P, _L, _L, _I, _P, _P]),
     "mrs_activation_group": (_I, [_I]),
     "mrs_quant_matmul": (_I, [_P, _I, _P, _L, _L, _L, _P, _I]),
-    "mrs_has_vnni": (_I, []),
+    "mrs_matmul_isa": (ctypes.c_char_p, []),
     "mrs_rms_norm": (None, [_P, _L, _L, _I, _P, _I, _P, _I, _L, _I, _F, _I]),
     "mrs_rope_cos_sin": (None, [_P, _L, _P, _I, _F, _P, _P]),
     "mrs_rotary": (None, [_P, _L, _L, _I, _P, _L, _L, _I, _L, _I, _P, _P]),
@@ -181,7 +181,7 @@ def load(path: Path) -> ctypes.CDLL:
 def _load() -> ctypes.CDLL | None:
     here = Path(__file__).resolve().parent
     key = hashlib.sha256()
-    for source in (*SOURCES, "threads.h", "fp16.h"):
+    for source in (*SOURCES, "threads.h", "fp16.h", "isa.h"):
         key.update((here / source).read_bytes())
     key.update(" ".join(FLAGS).encode())
     key.update(_cpu_flags().encode())

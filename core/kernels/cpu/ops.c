@@ -10,37 +10,10 @@
 #include <string.h>
 
 #include "fp16.h"
+#include "isa.h"
 #include "threads.h"
 
 #define MRS_DECODE_MAX_SPLITS 8
-
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
-#define MRS_AVX512 1
-#include <immintrin.h>
-#else
-#define MRS_AVX512 0
-#endif
-
-/* sum a[i] * b[i], vectorized explicitly: the compiler's own vectorized reduction pays a
- * prologue and epilogue on every call, which is most of the cost at head sizes of 64 to 256. */
-static inline float dot(const float *a, const float *b, int n) {
-    int i = 0;
-    float s = 0.0f;
-#if MRS_AVX512
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-    for (; i + 32 <= n; i += 32) {
-        acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc0);
-        acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), acc1);
-    }
-    if (i + 16 <= n) {
-        acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc0);
-        i += 16;
-    }
-    s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-#endif
-    for (; i < n; i++) s += a[i] * b[i];
-    return s;
-}
 
 #if MRS_AVX512
 /* exp(x) for 16 lanes: Cephes' expf (range reduction by ln 2 in two parts, degree-5
@@ -62,6 +35,33 @@ static inline __m512 exp16(__m512 x) {
 }
 #endif
 
+#if !MRS_AVX512 && MRS_AVX2
+/* exp16's arithmetic for 8 lanes; 2^n is built in the exponent bits (no scalef), so the
+ * arguments are clamped to [-87.3, 88.3], where n stays within the normal range. */
+static inline __m256 exp8(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
+    const __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    x = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), x);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+    const __m256i n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(n));
+}
+
+static inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+#endif
+
 /* p[j] = exp(s[j] - shift) for j < n, and their sum. */
 static float exp_shifted(const float *s, float shift, float *p, int n) {
     int j = 0;
@@ -74,6 +74,14 @@ static float exp_shifted(const float *s, float shift, float *p, int n) {
         sum = _mm512_add_ps(sum, y);
     }
     total = _mm512_reduce_add_ps(sum);
+#elif MRS_AVX2
+    __m256 sum = _mm256_setzero_ps();
+    for (; j + 8 <= n; j += 8) {
+        const __m256 y = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + j), _mm256_set1_ps(shift)));
+        _mm256_storeu_ps(p + j, y);
+        sum = _mm256_add_ps(sum, y);
+    }
+    total = hsum8(sum);
 #endif
     for (; j < n; j++) total += p[j] = expf(s[j] - shift);
     return total;
@@ -205,6 +213,23 @@ static void gated_part(void *arg, int part, int parts) {
                 _mm512_storeu_ps(o + i, _mm512_mul_ps(y, _mm512_loadu_ps(u + i)));
             }
         }
+#elif MRS_AVX2
+        if (c->act == ACT_SILU || c->act == ACT_GELU_TANH) {
+            const __m256 one = _mm256_set1_ps(1.0f);
+            for (; i + 8 <= c->inter; i += 8) {
+                const __m256 x = _mm256_loadu_ps(g + i);
+                __m256 y;
+                if (c->act == ACT_SILU) {
+                    y = _mm256_div_ps(x, _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), x))));
+                } else {
+                    const __m256 z = _mm256_mul_ps(_mm256_set1_ps(0.7978845608028654f),
+                                                   _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(0.044715f), x),
+                                                                   _mm256_mul_ps(x, x), x));
+                    y = _mm256_sub_ps(x, _mm256_div_ps(x, _mm256_add_ps(exp8(_mm256_add_ps(z, z)), one)));
+                }
+                _mm256_storeu_ps(o + i, _mm256_mul_ps(y, _mm256_loadu_ps(u + i)));
+            }
+        }
 #endif
         for (; i < c->inter; i++) o[i] = activate(g[i], c->act) * u[i];
     }
@@ -275,6 +300,11 @@ static inline __m512 reduce16(__m512 a[16]) {
                                      _mm512_shuffle_f32x4(c4[2], c4[3], 0xEE));
     return _mm512_add_ps(_mm512_shuffle_f32x4(u01, u23, 0x88), _mm512_shuffle_f32x4(u01, u23, 0xDD));
 }
+#elif MRS_AVX2
+static inline __m256 load8(const void *row, int i, int f16) {
+    return f16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + i)))
+               : _mm256_loadu_ps((const float *)row + i);
+}
 #endif
 
 /* Ask for the rows of a cache block (`rows` slots `slot_bytes` apart, `row_bytes` each)
@@ -327,6 +357,20 @@ static inline __attribute__((always_inline)) void dots(const float *q, const voi
             acc[r] = _mm512_fmadd_ps(qv, load16_masked(rows[r], i, tail, f16), acc[r]);
     }
     _mm512_mask_storeu_ps(scores, (__mmask16)((1u << n) - 1), reduce16(acc));
+#elif MRS_AVX2
+    for (int r = 0; r < n; r++) {
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+        int i = 0;
+        for (; i + 16 <= dim; i += 16) {
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), load8(rows[r], i, f16), acc0);
+            acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), load8(rows[r], i + 8, f16), acc1);
+        }
+        for (; i + 8 <= dim; i += 8)
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), load8(rows[r], i, f16), acc0);
+        float s = hsum8(_mm256_add_ps(acc0, acc1));
+        for (; i < dim; i++) s += q[i] * load1(rows[r], i, f16);
+        scores[r] = s;
+    }
 #else
     for (int r = 0; r < n; r++) {
         float s = 0.0f;
@@ -360,6 +404,22 @@ static inline __attribute__((always_inline)) void accumulate_values(
         }
         for (int g = 0; g < heads; g++)
             for (int t = 0; t < 4; t++) _mm512_storeu_ps(o[g] + i + 16 * t, acc[g][t]);
+    }
+#elif MRS_AVX2
+    for (; i + 16 <= dim; i += 16) { /* 16-feature slices: 8 accumulators for 4 heads */
+        __m256 acc[4][2];
+        for (int g = 0; g < heads; g++)
+            for (int t = 0; t < 2; t++) acc[g][t] = _mm256_loadu_ps(o[g] + i + 8 * t);
+        for (int j = 0; j < n; j++) {
+            const __m256 v0 = load8(rows[j], i, f16), v1 = load8(rows[j], i + 8, f16);
+            for (int g = 0; g < heads; g++) {
+                const __m256 w = _mm256_set1_ps(p[g][j]);
+                acc[g][0] = _mm256_fmadd_ps(w, v0, acc[g][0]);
+                acc[g][1] = _mm256_fmadd_ps(w, v1, acc[g][1]);
+            }
+        }
+        for (int g = 0; g < heads; g++)
+            for (int t = 0; t < 2; t++) _mm256_storeu_ps(o[g] + i + 8 * t, acc[g][t]);
     }
 #endif
     for (; i < dim; i++)
@@ -485,6 +545,10 @@ static void to_fp16(uint16_t *dst, const float *src, int n) {
     for (; i + 16 <= n; i += 16)
         _mm256_storeu_si256((__m256i *)(dst + i),
                             _mm512_cvtps_ph(_mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+#elif MRS_AVX2
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(dst + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
 #endif
     for (; i < n; i++) dst[i] = fp32_to_fp16(src[i]);
 }
@@ -552,6 +616,32 @@ void mrs_argmax_rows(const float *x, long long rows, long long cols, long long s
                     best = indices[lane];
                 }
             has_nan = unordered != 0;
+        }
+#elif MRS_AVX2
+        if (cols >= 8 && cols < (1ll << 31)) {
+            __m256 value = _mm256_loadu_ps(row);
+            __m256i index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), at = index;
+            __m256 unordered = _mm256_cmp_ps(value, value, _CMP_UNORD_Q);
+            for (i = 8; i + 8 <= cols; i += 8) {
+                at = _mm256_add_epi32(at, _mm256_set1_epi32(8));
+                const __m256 v = _mm256_loadu_ps(row + i);
+                unordered = _mm256_or_ps(unordered, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+                const __m256 better = _mm256_cmp_ps(v, value, _CMP_GT_OQ);
+                value = _mm256_blendv_ps(value, v, better);
+                index = _mm256_blendv_epi8(index, at, _mm256_castps_si256(better));
+            }
+            float values[8];
+            int32_t indices[8];
+            _mm256_storeu_ps(values, value);
+            _mm256_storeu_si256((__m256i *)indices, index);
+            best = indices[0];
+            best_value = values[0];
+            for (int lane = 1; lane < 8; lane++)
+                if (values[lane] > best_value || (values[lane] == best_value && indices[lane] < best)) {
+                    best_value = values[lane];
+                    best = indices[lane];
+                }
+            has_nan = _mm256_movemask_ps(unordered) != 0;
         }
 #endif
         for (; i < cols; i++) {

@@ -20,6 +20,10 @@
  *           bits < 4: none.
  *   planes: the code bits above the nibble (or all bits, for bits < 4), one 64-bit mask per
  *           chunk and plane: bit 4j + i of mask [c][p] is that bit of column 4c + i of lane j.
+ *           Builds without VNNI store the hb = bits - 4 bits above the nibble of 5- to 7-bit
+ *           codes as fields instead (`HIGH_FIELDS`), which shifts put in place for 8 lanes at
+ *           a time (AVX-512 adds planes under a mask in one instruction; AVX2 has no masks):
+ *           byte 64 (c % hb) + 4j + i holds them for column 4c + i of lane j at bit (c / hb) hb.
  *   scales: per sub-block h, 16 lanes of d (fp16 for the legacy types, whose fields are fp16,
  *           fp32 for the K-quants, whose d is a product), then as many of m when the type has one.
  */
@@ -28,14 +32,8 @@
 #include <string.h>
 
 #include "fp16.h"
+#include "isa.h"
 #include "threads.h"
-
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
-#define MRS_VNNI 1
-#include <immintrin.h>
-#else
-#define MRS_VNNI 0
-#endif
 
 #define LANES 16
 #define BLOCK 32
@@ -80,6 +78,11 @@ static int code_bytes(const layout_t *l) { return l->bits == 8 ? 512 : (l->bits 
 static int num_planes(const layout_t *l) { return l->bits == 8 ? 0 : (l->bits >= 4 ? l->bits - 4 : l->bits); }
 static int scale_bytes(const layout_t *l) {
     return (BLOCK / l->sub) * LANES * (l->f16 ? 2 : 4) * (1 + l->has_min);
+}
+#define HIGH_FIELDS (!MRS_VNNI)
+/* Bits above the nibble kept as fields (see the layout above), 0 where planes hold them. */
+static inline int high_fields(const layout_t *l) {
+    return HIGH_FIELDS && l->bits > 4 && l->bits < 8 ? l->bits - 4 : 0;
 }
 static int record_bytes(const layout_t *l) {
     return code_bytes(l) + 64 * num_planes(l) + scale_bytes(l);
@@ -227,7 +230,12 @@ static inline __attribute__((always_inline)) void repack_record(
             }
             if (l->bits == 5) {
                 const uint32_t qh = rd32(x + head);
-                for (int c = 0; c < 8; c++) pl[c][0] |= (uint64_t)((qh >> (4 * c)) & 15) << (4 * j);
+                for (int c = 0; c < 8; c++) {
+                    if (high_fields(l))
+                        for (int i = 0; i < 4; i++) planes[4 * j + i] |= (uint8_t)(((qh >> (4 * c + i)) & 1) << c);
+                    else
+                        pl[c][0] |= (uint64_t)((qh >> (4 * c)) & 15) << (4 * j);
+                }
             }
             memcpy(scales + 2 * j, x, 2);
             if (l->has_min) memcpy(scales + 2 * LANES + 2 * j, x + 2, 2);
@@ -245,7 +253,10 @@ static inline __attribute__((always_inline)) void repack_record(
                     codes[64 * (c % 4) + 4 * j + i] |= (uint8_t)((v & 15) << (c < 4 ? 0 : 4));
                     v >>= 4;
                 }
-                if (l->bits != 8)
+                const int hb = high_fields(l);
+                if (hb)
+                    planes[64 * (c % hb) + 4 * j + i] |= (uint8_t)(v << (c / hb * hb));
+                else if (l->bits != 8)
                     for (int p = 0; p < np; p++) pl[c][p] |= (uint64_t)((v >> p) & 1) << (4 * j + i);
             }
         for (int h = 0; h < nsub; h++) {
@@ -260,8 +271,9 @@ static inline __attribute__((always_inline)) void repack_record(
             }
         }
     }
-    for (int c = 0; c < 8; c++)
-        for (int p = 0; p < np; p++) memcpy(planes + 8 * (c * np + p), &pl[c][p], 8);
+    if (!high_fields(l))
+        for (int c = 0; c < 8; c++)
+            for (int p = 0; p < np; p++) memcpy(planes + 8 * (c * np + p), &pl[c][p], 8);
 }
 
 typedef struct {
@@ -309,6 +321,8 @@ static int record_code(const layout_t *l, const uint8_t *rec, int j, int col) {
     int v = 0;
     if (l->bits == 8) v = rec[64 * c + 4 * j + i];
     else if (l->bits >= 4) v = (rec[64 * (c % 4) + 4 * j + i] >> (c < 4 ? 0 : 4)) & 15;
+    const int hb = high_fields(l);
+    if (hb) return v | ((planes[64 * (c % hb) + 4 * j + i] >> (c / hb * hb)) & ((1 << hb) - 1)) << 4;
     for (int p = 0; p < np; p++) {
         uint64_t mask;
         memcpy(&mask, planes + 8 * (c * np + p), 8);
@@ -579,6 +593,138 @@ static inline __attribute__((always_inline)) void tile_vnni(
 }
 #endif
 
+#if !MRS_VNNI && MRS_AVX2
+/* byte k = 0xff where bit k of m is set, else 0 */
+static inline __m256i mask_bytes(uint32_t m) {
+    const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                            2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ull);
+    const __m256i v = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32((int)m), spread), bit);
+    return _mm256_cmpeq_epi8(v, bit);
+}
+
+/* Per 32-bit lane, the sum over chunks w[0..n-1] of the 4 products of unsigned codes and
+ * signed activations xq (what VNNI's vpdpbusd adds). vpmaddubsw's int16 pair sums (at most
+ * 2 * (2^bits - 1) * 127) are added in int16 while that cannot overflow, so that few of them
+ * need widening to int32 (vpmaddwd). 8-bit codes come as signed values s = code - 128 in w
+ * and |s| in w_abs, multiplied as |s| * sign(x, s), which leaves out their offset. */
+static inline __m256i chunks_dot(const __m256i *w, const __m256i *w_abs, const int8_t *xq,
+                                 const int n, const int bits) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    const int per_sum = bits == 8 ? 1 : 32767 / (2 * ((1 << bits) - 1) * 127);
+    __m256i total = _mm256_setzero_si256(), sum = _mm256_setzero_si256();
+    for (int c = 0; c < n; c++) {
+        int32_t x4;
+        memcpy(&x4, xq + 4 * c, 4);
+        const __m256i x = _mm256_set1_epi32(x4);
+        __m256i p;
+        if (bits == 8) {
+            p = _mm256_maddubs_epi16(w_abs[c], _mm256_sign_epi8(x, w[c]));
+        } else {
+            p = _mm256_maddubs_epi16(w[c], x);
+        }
+        sum = c % per_sum ? _mm256_add_epi16(sum, p) : p;
+        if (c % per_sum == per_sum - 1 || c == n - 1)
+            total = _mm256_add_epi32(total, _mm256_madd_epi16(sum, ones));
+    }
+    return total;
+}
+
+/* tile_vnni's arithmetic in 256-bit registers: each record is taken as two halves of 8 lanes
+ * (bytes 32 * half .. + 31 of every 64-byte chunk), the whole row range once per half. */
+static inline __attribute__((always_inline)) void tile_avx2(
+    const uint8_t *wg, int blocks, const layout_t *lp, const uint8_t *acts, long long k,
+    long long m0, int mt, float *out, long long out_stride, int cols, int accumulate) {
+    const layout_t l = *lp;
+    const int np = num_planes(&l), nsub = BLOCK / l.sub, es = l.f16 ? 2 : 4;
+    const int offset = l.bits == 8 ? 0 : l.offset;
+    const long long rb = record_bytes(&l);
+    act_row_t a[MT];
+    for (int r = 0; r < mt; r++) a[r] = act_row((uint8_t *)acts, k, m0 + r);
+    const __m256i low4 = _mm256_set1_epi8(15);
+    for (int half = 0; half < 2; half++) {
+        __m256 acc[MT];
+        for (int r = 0; r < mt; r++) acc[r] = _mm256_setzero_ps();
+        for (int b = 0; b < blocks; b++) {
+            const uint8_t *rec = wg + (long long)b * rb + 32 * half;
+            const uint8_t *high = wg + (long long)b * rb + code_bytes(&l), *planes = high + 4 * half;
+            const uint8_t *scales = wg + (long long)b * rb + code_bytes(&l) + 64 * np;
+            __m256i w[8], w_abs[8];
+            if (l.bits == 8) {
+                for (int c = 0; c < 8; c++) {
+                    w[c] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(rec + 64 * c)),
+                                            _mm256_set1_epi8((char)0x80));
+                    w_abs[c] = _mm256_abs_epi8(w[c]);
+                }
+            } else if (l.bits >= 4) {
+                for (int p = 0; p < 4; p++) {
+                    const __m256i v = _mm256_loadu_si256((const __m256i *)(rec + 64 * p));
+                    w[p] = _mm256_and_si256(v, low4);
+                    w[p + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+                }
+            } else {
+                for (int c = 0; c < 8; c++) w[c] = _mm256_setzero_si256();
+            }
+            const int hb = high_fields(&l);
+            if (hb) { /* fields at bit (c / hb) hb of byte 64 (c % hb) + 4j + i -> bits 4.. */
+                const __m256i keep = _mm256_set1_epi8((char)(((1 << hb) - 1) << 4));
+                __m256i f[4];
+                for (int q = 0; q < hb; q++) f[q] = _mm256_loadu_si256((const __m256i *)(high + 32 * half + 64 * q));
+                for (int c = 0; c < 8; c++) {
+                    const int at = c / hb * hb;
+                    const __m256i v = at <= 4 ? _mm256_slli_epi16(f[c % hb], 4 - at)
+                                              : _mm256_srli_epi16(f[c % hb], at - 4);
+                    w[c] = _mm256_or_si256(w[c], _mm256_and_si256(v, keep));
+                }
+            }
+            for (int c = 0; c < 8 && !hb; c++)
+                for (int p = 0; p < np; p++) {
+                    uint32_t bit;
+                    memcpy(&bit, planes + 8 * (c * np + p), 4);
+                    w[c] = _mm256_or_si256(w[c], _mm256_and_si256(mask_bytes(bit),
+                        _mm256_set1_epi8((char)(1 << (p + (l.bits >= 4 ? 4 : 0))))));
+                }
+            __m256 d[2], mn[2];
+            for (int h = 0; h < nsub; h++) {
+                const uint8_t *ds = scales + h * LANES * es + 8 * es * half;
+                const uint8_t *ms = scales + (nsub + h) * LANES * es + 8 * es * half;
+                if (l.f16) {
+                    d[h] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)ds));
+                    if (l.has_min) mn[h] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)ms));
+                } else {
+                    d[h] = _mm256_loadu_ps((const float *)ds);
+                    if (l.has_min) mn[h] = _mm256_loadu_ps((const float *)ms);
+                }
+            }
+            for (int r = 0; r < mt; r++) {
+                const int8_t *xq = a[r].q + (long long)b * BLOCK;
+                const __m256 da = _mm256_set1_ps(a[r].d[b]);
+                for (int h = 0; h < nsub; h++) { /* one int32 dot per sub-block */
+                    __m256i dot = chunks_dot(w + 8 * h / nsub, w_abs + 8 * h / nsub, xq + l.sub * h,
+                                               8 / nsub, l.bits);
+                    if (offset) {
+                        const int32_t sum = l.sub == 32 ? a[r].sum16[2 * b] + a[r].sum16[2 * b + 1]
+                                                         : a[r].sum16[2 * b + h];
+                        dot = _mm256_add_epi32(dot, _mm256_set1_epi32(offset * sum));
+                    }
+                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(d[h], da), acc[r]);
+                    if (l.has_min)
+                        acc[r] = _mm256_fmadd_ps(mn[h], _mm256_set1_ps(l.sub == 32 ? a[r].dsum32[b]
+                                                                                   : a[r].dsum16[2 * b + h]),
+                                                 acc[r]);
+                }
+            }
+        }
+        const int keep = cols - 8 * half < 8 ? cols - 8 * half : 8;
+        for (int r = 0; r < mt && keep > 0; r++) {
+            float *o = out + (m0 + r) * out_stride + 8 * half, v[8];
+            _mm256_storeu_ps(v, acc[r]);
+            for (int j = 0; j < keep; j++) o[j] = accumulate ? o[j] + v[j] : v[j];
+        }
+    }
+}
+#endif
+
 /* Portable version of the same arithmetic (any CPU; the compiler vectorizes what it can). */
 static void tile_portable(const uint8_t *wg, int blocks, const layout_t *lp, const uint8_t *acts,
                           long long k, long long m0, int mt, float *out, long long out_stride,
@@ -617,7 +763,12 @@ static void tile_portable(const uint8_t *wg, int blocks, const layout_t *lp, con
 typedef void (*tile_fn)(const uint8_t *, int, const layout_t *, const uint8_t *, long long,
                         long long, int, float *, long long, int, int);
 
+#if MRS_VNNI || MRS_AVX2
 #if MRS_VNNI
+#define TILE tile_vnni
+#else
+#define TILE tile_avx2
+#endif
 /* One specialization per type, so that the layout is a compile-time constant inside. */
 #define TILE_FOR(T, name, ...)                                                                \
     static void tile_##name(const uint8_t *wg, int blocks, const layout_t *lp,                 \
@@ -626,11 +777,11 @@ typedef void (*tile_fn)(const uint8_t *, int, const layout_t *, const uint8_t *,
         (void)lp;                                                                              \
         const layout_t l = {__VA_ARGS__};                                                      \
         switch (mt) {                                                                          \
-        case 1: tile_vnni(wg, blocks, &l, acts, k, m0, 1, out, os, cols, acc); return;              \
-        case 2: tile_vnni(wg, blocks, &l, acts, k, m0, 2, out, os, cols, acc); return;              \
-        case 3: tile_vnni(wg, blocks, &l, acts, k, m0, 3, out, os, cols, acc); return;              \
-        case 4: tile_vnni(wg, blocks, &l, acts, k, m0, 4, out, os, cols, acc); return;              \
-        default: tile_vnni(wg, blocks, &l, acts, k, m0, MT, out, os, cols, acc); return;            \
+        case 1: TILE(wg, blocks, &l, acts, k, m0, 1, out, os, cols, acc); return;              \
+        case 2: TILE(wg, blocks, &l, acts, k, m0, 2, out, os, cols, acc); return;              \
+        case 3: TILE(wg, blocks, &l, acts, k, m0, 3, out, os, cols, acc); return;              \
+        case 4: TILE(wg, blocks, &l, acts, k, m0, 4, out, os, cols, acc); return;              \
+        default: TILE(wg, blocks, &l, acts, k, m0, MT, out, os, cols, acc); return;            \
         }                                                                                      \
     }
 MRS_TYPES(TILE_FOR)
@@ -645,8 +796,8 @@ static tile_fn tile_for(int qtype) {
 static tile_fn tile_for(int qtype) { (void)qtype; return tile_portable; }
 #endif
 
-/* 1 when this build uses the AVX-512 VNNI kernels, 0 for the portable ones. */
-int mrs_has_vnni(void) { return MRS_VNNI; }
+/* The instructions this build's matmul kernels use. */
+const char *mrs_matmul_isa(void) { return MRS_VNNI ? "avx512-vnni" : (MRS_AVX2 ? "avx2" : "portable"); }
 
 typedef struct {
     const mrs_job *jobs;
