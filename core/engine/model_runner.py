@@ -1,6 +1,9 @@
 """Turns the scheduler's decisions into one forward pass over the paged KV cache."""
 from __future__ import annotations
 
+import math
+import mmap
+
 import torch
 from torch import nn
 
@@ -36,15 +39,24 @@ def kv_bytes_per_block(model: nn.Module, block_size: int, dtype: torch.dtype,
                for a in attention_layers(model))
 
 
+def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """torch.zeros, but on the CPU in fresh anonymous memory (mmap), whose pages the kernel
+    zeroes when first written: a large cache then costs neither load time nor resident memory
+    for the blocks no sequence has used (torch.zeros writes every page at once)."""
+    if device.type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    element = torch.empty((), dtype=dtype).element_size()
+    nbytes = max(math.prod(shape) * element, 1)
+    return torch.frombuffer(mmap.mmap(-1, nbytes), dtype=torch.uint8).view(dtype).view(shape)
+
+
 def _layer_caches(a: Attention, num_blocks: int, block_size: int, dtype: torch.dtype,
                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """One layer's key and value caches; the values a view into the keys for `values_in_keys`."""
-    k_cache = torch.zeros(num_blocks, block_size, a.num_kv_heads, a.head_dim, dtype=dtype,
-                          device=device)
+    k_cache = _zeros((num_blocks, block_size, a.num_kv_heads, a.head_dim), dtype, device)
     if a.values_in_keys:
         return k_cache, k_cache[..., :a.v_head_dim]
-    return k_cache, torch.zeros(num_blocks, block_size, a.num_kv_heads, a.v_head_dim,
-                                dtype=dtype, device=device)
+    return k_cache, _zeros((num_blocks, block_size, a.num_kv_heads, a.v_head_dim), dtype, device)
 
 
 class ModelRunner:
