@@ -2,7 +2,7 @@
 shared library, called through ctypes.
 
 The library is compiled on first use with the machine's C compiler (`$CC`, else `cc`) for the
-machine's own instruction set (`-march=native`: AVX-512 VNNI where the CPU has it) and cached
+machine's own instruction set (`-march=native`: AVX-512 VNNI or AVX2 where the CPU has them, see `isa.h`) and cached
 under `$MISTRALRS_CACHE_DIR` (default `~/.cache/mistralrs`), keyed by the sources, the flags
 and the CPU's feature flags; a build takes a few seconds, once per machine.
 

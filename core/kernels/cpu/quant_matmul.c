@@ -4,6 +4,7 @@
  * AVX-512 register holds 4 consecutive quants of each of the 16 rows: a VNNI dot-product
  * instruction then advances 16 output rows by 4 columns at once, the output rows land in the
  * lanes (no horizontal sums), and the per-block float scaling is one multiply-add per 16 rows.
+ * AVX2 builds take each record as two halves of 8 lanes (`tile_avx2`).
  * The activations are quantized per 32 columns to int8 (scale = max|x| / 127), as llama.cpp
  * does, so every dot product of 32 is exact in int32 before one float scaling.
  *
