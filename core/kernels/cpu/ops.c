@@ -403,6 +403,32 @@ static inline __attribute__((always_inline)) void dots(const float *q, const voi
 #endif
 }
 
+#if !MRS_AVX512 && MRS_AVX2
+/* accumulate_values' AVX2 loop over 16-feature slices (8 accumulators for 4 heads); returns the
+ * features it did. */
+static inline __attribute__((always_inline)) int accumulate_values_avx2(
+    float *const *o, const float *const *p, const int heads, const void **rows, int n, int dim,
+    const int f16) {
+    int i = 0;
+    for (; i + 16 <= dim; i += 16) { /* 16-feature slices: 8 accumulators for 4 heads */
+        __m256 acc[4][2];
+        for (int g = 0; g < heads; g++)
+            for (int t = 0; t < 2; t++) acc[g][t] = _mm256_loadu_ps(o[g] + i + 8 * t);
+        for (int j = 0; j < n; j++) {
+            const __m256 v0 = load8(rows[j], i, f16), v1 = load8(rows[j], i + 8, f16);
+            for (int g = 0; g < heads; g++) {
+                const __m256 w = _mm256_set1_ps(p[g][j]);
+                acc[g][0] = _mm256_fmadd_ps(w, v0, acc[g][0]);
+                acc[g][1] = _mm256_fmadd_ps(w, v1, acc[g][1]);
+            }
+        }
+        for (int g = 0; g < heads; g++)
+            for (int t = 0; t < 2; t++) _mm256_storeu_ps(o[g] + i + 8 * t, acc[g][t]);
+    }
+    return i;
+}
+#endif
+
 /* o_g[i] += sum_j p_g[j] * rows[j][i] for the `heads` (<= 4) heads g of one kv head: with
  * AVX-512 each 64-feature slice of the heads' outputs stays in registers over all n rows. */
 static inline __attribute__((always_inline)) void accumulate_values(
@@ -429,20 +455,11 @@ static inline __attribute__((always_inline)) void accumulate_values(
             for (int t = 0; t < 4; t++) _mm512_storeu_ps(o[g] + i + 16 * t, acc[g][t]);
     }
 #elif MRS_AVX2
-    for (; i + 16 <= dim; i += 16) { /* 16-feature slices: 8 accumulators for 4 heads */
-        __m256 acc[4][2];
-        for (int g = 0; g < heads; g++)
-            for (int t = 0; t < 2; t++) acc[g][t] = _mm256_loadu_ps(o[g] + i + 8 * t);
-        for (int j = 0; j < n; j++) {
-            const __m256 v0 = load8(rows[j], i, f16), v1 = load8(rows[j], i + 8, f16);
-            for (int g = 0; g < heads; g++) {
-                const __m256 w = _mm256_set1_ps(p[g][j]);
-                acc[g][0] = _mm256_fmadd_ps(w, v0, acc[g][0]);
-                acc[g][1] = _mm256_fmadd_ps(w, v1, acc[g][1]);
-            }
-        }
-        for (int g = 0; g < heads; g++)
-            for (int t = 0; t < 2; t++) _mm256_storeu_ps(o[g] + i + 8 * t, acc[g][t]);
+    switch (heads) { /* the head count a constant inside, so that the accumulators stay in registers */
+    case 1: i = accumulate_values_avx2(o, p, 1, rows, n, dim, f16); break;
+    case 2: i = accumulate_values_avx2(o, p, 2, rows, n, dim, f16); break;
+    case 3: i = accumulate_values_avx2(o, p, 3, rows, n, dim, f16); break;
+    default: i = accumulate_values_avx2(o, p, 4, rows, n, dim, f16); break;
     }
 #endif
     for (; i < dim; i++)
