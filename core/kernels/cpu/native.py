@@ -78,11 +78,14 @@ _thread = threading.local()
 
 def call(fn, *args):
     """fn(*args), for a native kernel `fn` of `library()`; recorded too while this thread is
-    recording. ctypes arrays among the arguments are recorded as copies (callers reuse them)."""
+    recording. ctypes arrays among the arguments are recorded as copies (callers reuse them),
+    the other arguments as instances of their ctypes types: a replayed call then skips
+    converting each Python number again (~0.3 us an argument, 2-4 us a call)."""
     recording = getattr(_thread, "recording", None)
     if recording is not None:
-        recording.calls.append((fn, tuple(type(a).from_buffer_copy(a)
-                                          if isinstance(a, ctypes.Array) else a for a in args)))
+        recording.calls.append((fn, tuple(
+            type(a).from_buffer_copy(a) if isinstance(a, ctypes.Array) else kind(a)
+            for kind, a in zip(fn.argtypes, args))))
     return fn(*args)
 
 
