@@ -11,7 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from mistralrs import Runner, Which
 from mistralrs.default_model import default_model_path
 from mistralrs.engine import Engine, SamplingParams
-from mistralrs.engine.model_runner import kv_bytes_per_block
+from mistralrs.engine.model_runner import _zeros, kv_bytes_per_block
 from tiny_models import save_hf_model
 
 
@@ -127,3 +127,16 @@ def test_preemption_under_a_small_kv_budget_keeps_outputs(tiny_model_dir):
         assert stats["free_blocks"] == stats["total_blocks"]
     finally:
         engine.shutdown()
+
+
+@pytest.mark.parametrize("shape", [(4, 32, 2, 16), (0, 32, 2, 16), (3, 8, 1, 0)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_cpu_kv_cache_memory_is_zeroed_like_torch_zeros(shape, dtype):
+    """The CPU caches live in anonymous memory the kernel zeroes lazily; they must still be
+    torch.zeros of the shape and dtype, writable, empty shapes included."""
+    cache = _zeros(shape, dtype, torch.device("cpu"))
+    assert torch.equal(cache, torch.zeros(shape, dtype=dtype))
+    assert cache.dtype == dtype and cache.is_contiguous()
+    if cache.numel():
+        cache[-1] = 1
+        assert cache.sum().item() == cache[-1].numel()

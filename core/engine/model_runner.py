@@ -43,10 +43,9 @@ def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
     """torch.zeros, but on the CPU in fresh anonymous memory (mmap), whose pages the kernel
     zeroes when first written: a large cache then costs neither load time nor resident memory
     for the blocks no sequence has used (torch.zeros writes every page at once)."""
-    if device.type != "cpu":
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    if device.type != "cpu" or nbytes == 0:  # (an mmap cannot be empty)
         return torch.zeros(shape, dtype=dtype, device=device)
-    element = torch.empty((), dtype=dtype).element_size()
-    nbytes = max(math.prod(shape) * element, 1)
     return torch.frombuffer(mmap.mmap(-1, nbytes), dtype=torch.uint8).view(dtype).view(shape)
 
 
