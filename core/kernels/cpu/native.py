@@ -2,9 +2,10 @@
 shared library, called through ctypes.
 
 The library is compiled on first use with the machine's C compiler (`$CC`, else `cc`) for the
-machine's own instruction set (`-march=native`: AVX-512 VNNI or AVX2 where the CPU has them, see `isa.h`) and cached
-under `$MISTRALRS_CACHE_DIR` (default `~/.cache/mistralrs`), keyed by the sources, the flags
-and the CPU's feature flags; a build takes a few seconds, once per machine.
+machine's own instruction set (`-march=native`: AVX-512 VNNI or AVX2 where the CPU has them,
+see `isa.h`) and cached under `$MISTRALRS_CACHE_DIR` (default `~/.cache/mistralrs`), keyed by
+the sources, the flags and the CPU's feature flags; a build takes a few seconds, once per
+machine.
 
 `library()` is None where the kernels cannot be used: no compiler (a warning says so, once),
 `MISTRALRS_CPU_KERNELS=reference` (read once per process), or inside `reference_mode()`. Then

@@ -22,7 +22,7 @@
  *   planes: the code bits above the nibble (or all bits, for bits < 4), one 64-bit mask per
  *           chunk and plane: bit 4j + i of mask [c][p] is that bit of column 4c + i of lane j.
  *           Builds without VNNI store the hb = bits - 4 bits above the nibble of 5- to 7-bit
- *           codes as fields instead (`HIGH_FIELDS`), which shifts put in place for 8 lanes at
+ *           codes as fields instead (`high_fields`), which shifts put in place for 8 lanes at
  *           a time (AVX-512 adds planes under a mask in one instruction; AVX2 has no masks):
  *           byte 64 (c % hb) + 4j + i holds them for column 4c + i of lane j at bit (c / hb) hb.
  *   scales: per sub-block h, 16 lanes of d (fp16 for the legacy types, whose fields are fp16,
@@ -80,10 +80,9 @@ static int num_planes(const layout_t *l) { return l->bits == 8 ? 0 : (l->bits >=
 static int scale_bytes(const layout_t *l) {
     return (BLOCK / l->sub) * LANES * (l->f16 ? 2 : 4) * (1 + l->has_min);
 }
-#define HIGH_FIELDS (!MRS_VNNI)
 /* Bits above the nibble kept as fields (see the layout above), 0 where planes hold them. */
 static inline int high_fields(const layout_t *l) {
-    return HIGH_FIELDS && l->bits > 4 && l->bits < 8 ? l->bits - 4 : 0;
+    return !MRS_VNNI && l->bits > 4 && l->bits < 8 ? l->bits - 4 : 0;
 }
 static int record_bytes(const layout_t *l) {
     return code_bytes(l) + 64 * num_planes(l) + scale_bytes(l);
@@ -647,9 +646,9 @@ static inline __attribute__((always_inline)) void tile_avx2(
         __m256 acc[MT];
         for (int r = 0; r < mt; r++) acc[r] = _mm256_setzero_ps();
         for (int b = 0; b < blocks; b++) {
-            const uint8_t *rec = wg + (long long)b * rb + 32 * half;
-            const uint8_t *high = wg + (long long)b * rb + code_bytes(&l), *planes = high + 4 * half;
-            const uint8_t *scales = wg + (long long)b * rb + code_bytes(&l) + 64 * np;
+            const uint8_t *record = wg + (long long)b * rb, *rec = record + 32 * half;
+            const uint8_t *high = record + code_bytes(&l), *planes = high + 4 * half;
+            const uint8_t *scales = high + 64 * np;
             __m256i w[8], w_abs[8];
             if (l.bits == 8) {
                 for (int c = 0; c < 8; c++) {
