@@ -6,39 +6,27 @@ For each weight type, one [n, k] weight (k: 576 for the legacy types, 768 for K-
 activations of each row count: the best of 7 timings, as time per call, multiply-adds per second
 and, at one row, the weight records read per second (a one-row matmul streams its weights from
 memory, so that is the figure to hold against the machine's memory bandwidth). The weights are
-random: gguf-py's quantization of a random matrix for the legacy types, random blocks with
-modest fp16 scales for the K-quants (speed does not depend on the values).
+the test suite's random ones (`packed_weight` in tests/kernels/test_gguf_matmul.py): gguf-py's
+quantization of a random matrix for the legacy types, random blocks with modest scales for the
+K-quants (speed does not depend on the values).
 """
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
-import gguf
-import numpy as np
 import torch
 from gguf import GGMLQuantizationType as Q
 
 from mistralrs.kernels.cpu import native
 from mistralrs.kernels.cpu import quant_matmul as qm
-from mistralrs.kernels.gguf import block_layout
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "kernels"))
+from test_gguf_matmul import packed_weight  # noqa: E402
 
 LEGACY = {Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0}
-
-
-def random_weight(qtype: Q, n: int, k: int, rng: np.random.Generator) -> torch.Tensor:
-    if qtype in LEGACY:
-        packed = gguf.quants.quantize(rng.standard_normal((n, k)).astype(np.float32), qtype)
-        return torch.from_numpy(packed.view(np.uint8))
-    elements, block_bytes = block_layout(qtype)
-    blocks = rng.integers(0, 256, (n * k // elements, block_bytes), dtype=np.uint8)
-    # every fp16 field a K-quant block has (d, and dmin where there is one) set to 0.01
-    fields = {Q.Q2_K: [80, 82], Q.Q3_K: [108], Q.Q4_K: [0, 2], Q.Q5_K: [0, 2], Q.Q6_K: [208]}
-    for at in fields.get(qtype, []):
-        blocks[:, at:at + 2] = np.frombuffer(np.float16(0.01).tobytes(), np.uint8)
-    if qtype == Q.Q8_K:
-        blocks[:, :4] = np.frombuffer(np.float32(0.01).tobytes(), np.uint8)
-    return torch.from_numpy(blocks.reshape(n, -1))
 
 
 def best_seconds(fn, reps: int, trials: int = 7) -> float:
@@ -64,12 +52,10 @@ def main() -> None:
         raise SystemExit("the native CPU kernels are not available here (see the log above)")
     torch.set_num_threads(args.threads)
     print(f"kernels: {lib.mrs_matmul_isa().decode()}, {args.threads} threads")
-    rng = np.random.default_rng(0)
     for name in args.types:
         qtype = Q[name]
         k = 576 if qtype in LEGACY else 768
-        packed = random_weight(qtype, args.n, k, rng)
-        linear = qm.PackedLinears([qm.repack(packed, qtype)])
+        linear = qm.PackedLinears([qm.repack(packed_weight(qtype, args.n, k), qtype)])
         record_bytes = linear.weights[0].data.numel()
         for m in args.rows:
             x = torch.randn(m, k)
