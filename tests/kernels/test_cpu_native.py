@@ -169,6 +169,7 @@ def test_embedding_rows_are_the_reference_rows(kernels, qtype):
     (4, 1, 256, 16, 40, None),    # MQA, wide heads, a sliding window (Gemma 3)
     (8, 2, 80, 4, None, 30.0),    # soft-capping, a head size that is not a multiple of 16
     (16, 2, 128, 16, None, None),  # GQA 8 (Llama 3): more query heads than one pass takes
+    (6, 3, 36, 8, None, None),    # a head size that is not a multiple of 8 (vector tails)
 ])
 def test_decode_attention_matches_the_reference(kernels, cache_dtype, q_heads, kv_heads,
                                                 head_dim, block_size, window, softcap):

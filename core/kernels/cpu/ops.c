@@ -358,41 +358,25 @@ static inline __attribute__((always_inline)) void dots(const float *q, const voi
     }
     _mm512_mask_storeu_ps(scores, (__mmask16)((1u << n) - 1), reduce16(acc));
 #elif MRS_AVX2
-    if (dim % 8 == 0) { /* 8 rows at a time: independent chains, one transposing reduction */
-        for (int r0 = 0; r0 < n; r0 += 8) {
-            const void *r8[8];
-            for (int r = 0; r < 8; r++) r8[r] = rows[r0 + r < n ? r0 + r : r0];
-            __m256 acc[8];
-            for (int r = 0; r < 8; r++) acc[r] = _mm256_setzero_ps();
-            for (int i = 0; i < dim; i += 8) {
-                const __m256 qv = _mm256_loadu_ps(q + i);
-                for (int r = 0; r < 8; r++) acc[r] = _mm256_fmadd_ps(qv, load8(r8[r], i, f16), acc[r]);
-            }
-            const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
-            const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(acc[4], acc[5]), _mm256_hadd_ps(acc[6], acc[7]));
-            const __m256 sums = _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20),
-                                              _mm256_permute2f128_ps(u0, u1, 0x31));
-            if (n - r0 >= 8) _mm256_storeu_ps(scores + r0, sums);
-            else {
-                float all[8];
-                _mm256_storeu_ps(all, sums);
-                for (int r = 0; r < n - r0; r++) scores[r0 + r] = all[r];
-            }
+    const int vector_dim = dim - dim % 8;
+    for (int r0 = 0; r0 < n; r0 += 8) { /* 8 rows at a time: independent chains, one reduction */
+        const void *r8[8];
+        for (int r = 0; r < 8; r++) r8[r] = rows[r0 + r < n ? r0 + r : r0];
+        __m256 acc[8];
+        for (int r = 0; r < 8; r++) acc[r] = _mm256_setzero_ps();
+        for (int i = 0; i < vector_dim; i += 8) {
+            const __m256 qv = _mm256_loadu_ps(q + i);
+            for (int r = 0; r < 8; r++) acc[r] = _mm256_fmadd_ps(qv, load8(r8[r], i, f16), acc[r]);
         }
-        return;
-    }
-    for (int r = 0; r < n; r++) {
-        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-        int i = 0;
-        for (; i + 16 <= dim; i += 16) {
-            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), load8(rows[r], i, f16), acc0);
-            acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), load8(rows[r], i + 8, f16), acc1);
+        const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+        const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(acc[4], acc[5]), _mm256_hadd_ps(acc[6], acc[7]));
+        float sums[8];
+        _mm256_storeu_ps(sums, _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20),
+                                             _mm256_permute2f128_ps(u0, u1, 0x31)));
+        for (int r = 0; r < 8 && r0 + r < n; r++) {
+            for (int i = vector_dim; i < dim; i++) sums[r] += q[i] * load1(r8[r], i, f16);
+            scores[r0 + r] = sums[r];
         }
-        for (; i + 8 <= dim; i += 8)
-            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), load8(rows[r], i, f16), acc0);
-        float s = hsum8(_mm256_add_ps(acc0, acc1));
-        for (; i < dim; i++) s += q[i] * load1(rows[r], i, f16);
-        scores[r] = s;
     }
 #else
     for (int r = 0; r < n; r++) {
