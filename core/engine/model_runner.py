@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from mistralrs.engine.decode_graph import DecodeGraphs
+from mistralrs.engine.heap import LONG_STEP_TOKENS, release_free_memory
 from mistralrs.layers import Attention, Batch
 from mistralrs.scheduler import ScheduledSequence
 
@@ -74,6 +75,8 @@ class ModelRunner:
                                                                  -(-max_context // block_size))
         self.decode_graphs = (DecodeGraphs(model, self.kv_caches, max_blocks)
                               if device.type == "cpu" else None)
+        if device.type == "cpu":
+            release_free_memory()  # what loading the model allocated and freed
 
     def _slot(self, block_table: list[int], position: int) -> int:
         """The KV cache slot that holds the token at `position` of a sequence."""
@@ -132,7 +135,10 @@ class ModelRunner:
             logits = self._replay_decode(scheduled)
             if logits is not None:
                 return logits
-        return self.model(self._batch(scheduled, all_logits))
+        logits = self.model(self._batch(scheduled, all_logits))
+        if self.device.type == "cpu" and sum(i.num_new_tokens for i in scheduled) >= LONG_STEP_TOKENS:
+            release_free_memory()
+        return logits
 
     def _replay_decode(self, scheduled: list[ScheduledSequence]) -> torch.Tensor | None:
         positions = [item.seq.num_computed for item in scheduled]

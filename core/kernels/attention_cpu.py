@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from mistralrs.kernels.cpu import ops as cpu_ops
 
-QUERY_CHUNK = 1024
+QUERY_CHUNK = 128
 """Prompt rows attended in one call: bounds the [rows, keys] score and mask matrices."""
 GATHER_CHUNK_BYTES = 4 << 20
 """Decode gathers the K and V of this many bytes' worth of sequences at a time: the copies stay

@@ -1,0 +1,42 @@
+/* The int8 multiply-add throughput of one core, for the instruction the matmul kernels are
+ * built on (`-march=native`): AVX-512 VNNI's vpdpbusd on 512 bits (64 multiply-adds), else
+ * AVX2's vpmaddubsw on 256 bits (32). 24 independent accumulators, so that the loop is bound
+ * by throughput, not latency. Prints multiply-adds per second. Built and run by cpu_matmul.py. */
+#include <immintrin.h>
+#include <stdio.h>
+#include <time.h>
+
+#define CHAINS 24
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+int main(void) {
+    const long rounds = 20000000;
+#if defined(__AVX512VNNI__)
+    __m512i acc[CHAINS];
+    const __m512i w = _mm512_set1_epi8(3), x = _mm512_set1_epi8(5);
+    const int macs = 64;
+#define STEP(a) _mm512_dpbusd_epi32(a, w, x)
+#define ZERO _mm512_setzero_si512()
+#else
+    __m256i acc[CHAINS];
+    const __m256i x = _mm256_set1_epi8(5);
+    const int macs = 32;
+#define STEP(a) _mm256_maddubs_epi16(a, x) /* codes x activations, pair sums */
+#define ZERO _mm256_setzero_si256()
+#endif
+    for (int i = 0; i < CHAINS; i++) acc[i] = ZERO;
+    const double start = now();
+    for (long n = 0; n < rounds; n++)
+        for (int i = 0; i < CHAINS; i++) {
+            acc[i] = STEP(acc[i]);
+            __asm__ volatile("" : "+v"(acc[i])); /* keep every step */
+        }
+    const double seconds = now() - start;
+    printf("%.6g\n", (double)rounds * CHAINS * macs / seconds);
+    return 0;
+}
