@@ -270,7 +270,7 @@ def test_pre_tokenizer_splits_like_the_original(pre):
     backend = build_gguf_tokenizer(byte_level_metadata(pre)).backend
     spell = bytes_to_unicode()
     for text in SPLIT_SAMPLES:
-        ours = [piece for piece, _ in backend.pre_tokenizer.pre_tokenize_str(text)]
+        ours = backend.pre_tokenize(text)
         if pre in BYTE_LEVEL_SPLITS:
             expected = [piece for piece, _ in BYTE_LEVEL_SPLITS[pre].pre_tokenize_str(text)]
         else:
@@ -378,6 +378,41 @@ def test_hf_files_encode_like_transformers(smollm_hf):
     for text in texts:
         ids = ours.encode(text, add_special_tokens=False, parse_special=False)
         assert b"".join(ours.token_bytes(i) for i in ids) == text.encode(), text
+
+
+def smollm2_original_layout() -> tokenizers.Tokenizer:
+    """SmolLM2's vocabulary and merges from its GGUF in a Hugging Face `tokenizers` BPE laid out
+    as the model's original tokenizer.json is (digits split, byte level, control tokens added).
+    (transformers' own GGUF conversion is no oracle here: it does not split digits.)"""
+    metadata = gguf_metadata(SMOLLM)
+    tokens = list(metadata["tokenizer.ggml.tokens"])
+    merges = [tuple(m.split(" ")) for m in metadata["tokenizer.ggml.merges"]]
+    reference = tokenizers.Tokenizer(models.BPE({t: i for i, t in enumerate(tokens)}, merges))
+    reference.pre_tokenizer = BYTE_LEVEL_SPLITS["smollm"]
+    reference.decoder = decoders.ByteLevel()
+    types = metadata["tokenizer.ggml.token_type"]
+    reference.add_special_tokens([tokenizers.AddedToken(t, special=True, normalized=False)
+                                  for t, kind in zip(tokens, types) if kind == gguf.TokenType.CONTROL])
+    return reference
+
+
+def test_gguf_byte_level_bpe_encodes_like_hf_tokenizers():
+    """Our BPE over the GGUF's own lists against Hugging Face `tokenizers` over the same lists,
+    on long random texts too: merge order, special tokens, bytes, decoding."""
+    reference, ours = smollm2_original_layout(), gguf_tokenizer(SMOLLM)
+    texts = [case["text"] for case in golden(SMOLLM)["tokenize"]]
+    texts += random_texts(4, 200, TEXTS_WITH_ANY_CHARACTER)
+    texts += ["".join(random_texts(5, 40, TEXTS_WITH_ANY_CHARACTER)), " " * 300 + "x",
+              "ab" * 200, "🚀" * 50]
+    for text in texts:
+        for parse_special in (True, False):
+            reference.encode_special_tokens = not parse_special
+            ids = reference.encode(text, add_special_tokens=False).ids
+            assert ours.encode(text, add_special_tokens=False, parse_special=parse_special) == \
+                ids, text
+            assert ours.decode(ids, skip_special_tokens=False) == reference.decode(
+                ids, skip_special_tokens=False), text
+            assert ours.decode(ids) == reference.decode(ids), text
 
 
 def test_sentencepiece_style_hf_files(tmp_path):

@@ -3,10 +3,10 @@ file.
 
 Two GGUF tokenizer models matter:
 
-- `gpt2`: byte-level BPE from `tokens` + `merges`, as a Hugging Face `tokenizers.Tokenizer`.
-  The text is first split by the regexes that `tokenizer.ggml.pre` names (llama.cpp keeps one
-  list per pre-tokenizer; the ones supported here are in `_PRE_TOKENIZERS`), then each piece is
-  spelled in GPT-2's byte alphabet and merged.
+- `gpt2`: byte-level BPE from `tokens` + `merges` (`byte_level_bpe.py`). The text is first
+  split by the regexes that `tokenizer.ggml.pre` names (llama.cpp keeps one list per
+  pre-tokenizer; the ones supported here are in `_PRE_TOKENIZERS`), then each piece is spelled
+  in GPT-2's byte alphabet and merged.
 - `llama`: SentencePiece `tokens` + `scores`, run as llama.cpp runs them (`sentencepiece.py`).
 
 `tokenizer.ggml.token_type` decides what becomes an added token: control and unknown tokens are
@@ -18,17 +18,16 @@ from __future__ import annotations
 
 import logging
 import numbers
-import operator
+from itertools import compress, repeat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import gguf
 import numpy as np
-from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
-from tokenizers import Tokenizer as BackendTokenizer
 
 from mistralrs.errors import ModelFormatError, TokenizerError
+from mistralrs.loading.byte_level_bpe import ByteLevelBPETokenizer
 from mistralrs.loading.sentencepiece import SentencePieceTokenizer
 
 logger = logging.getLogger(__name__)
@@ -98,7 +97,7 @@ _PRE_TOKENIZERS = {
 class GGUFTokenizer:
     """A rebuilt GGUF tokenizer and the facts about it the metadata gives."""
 
-    backend: BackendTokenizer | SentencePieceTokenizer
+    backend: ByteLevelBPETokenizer | SentencePieceTokenizer
     bos_token_id: int | None
     eos_token_id: int | None
     end_of_generation_ids: frozenset[int]  # eos, eot, eom and end-of-turn control tokens
@@ -131,12 +130,16 @@ def build_gguf_tokenizer(metadata: Mapping[str, Any]) -> GGUFTokenizer:
     for wanted, key in [(add_bos, _KEY.BOS_ID), (add_eos, _KEY.EOS_ID)]:
         if wanted and special[key] is None:
             raise ModelFormatError(f"GGUF metadata asks to add a token it does not name ({key})")
+    vocab = _vocab(tokens)
     if pre is not None:
-        backend = _byte_level_bpe(tokens, _merges(metadata), pre)
-        _add_tokens_by_type(backend, tokens, types)
+        backend = ByteLevelBPETokenizer(
+            tokens, vocab, _merges(metadata, vocab), _REGEXES[pre.regexes],
+            ids_of_type(types, _TYPE.CONTROL, _TYPE.UNKNOWN), ids_of_type(types, _TYPE.USER_DEFINED),
+            ignore_merges=pre.ignore_merges, bos_id=special[_KEY.BOS_ID],
+            eos_id=special[_KEY.EOS_ID], add_bos=add_bos, add_eos=add_eos)
     else:
         backend = SentencePieceTokenizer(
-            tokens, _vocab(tokens), _scores(metadata, len(tokens)),
+            tokens, vocab, _scores(metadata, len(tokens)),
             ids_of_type(types, _TYPE.CONTROL, _TYPE.UNKNOWN), ids_of_type(types, _TYPE.USER_DEFINED),
             unk_id=special[_KEY.UNK_ID],
             bos_id=special[_KEY.BOS_ID], eos_id=special[_KEY.EOS_ID], add_bos=add_bos,
@@ -148,35 +151,9 @@ def build_gguf_tokenizer(metadata: Mapping[str, Any]) -> GGUFTokenizer:
                          _optional(metadata, _KEY.CHAT_TEMPLATE, str))
 
 
-def _byte_level_bpe(tokens: list[str], merges: list[tuple[str, str]],
-                    pre: _PreTokenizer) -> BackendTokenizer:
-    vocab = _vocab(tokens)
-    named = set(map(operator.itemgetter(0), merges)) | set(map(operator.itemgetter(1), merges))
-    unknown = (named | set(map("".join, merges))) - vocab.keys()
-    if unknown:  # (tokenizers would panic)
-        left, right = next(m for m in merges if {m[0], m[1], m[0] + m[1]} & unknown)
-        raise ModelFormatError(f"GGUF merge {left!r} {right!r} names a token that is not in "
-                               f"{_KEY.LIST}")
-    backend = BackendTokenizer(models.BPE(vocab, merges, ignore_merges=pre.ignore_merges))
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split(Regex(regex), behavior="isolated") for regex in _REGEXES[pre.regexes]]
-        + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    backend.decoder = decoders.ByteLevel()
-    return backend
-
-
 def ids_of_type(types: np.ndarray, *kinds: int) -> list[int]:
     """The ids of the tokens of any of these `gguf.TokenType`s."""
     return np.flatnonzero(np.isin(types, kinds)).tolist()
-
-
-def _add_tokens_by_type(backend: BackendTokenizer, tokens: list[str], types: np.ndarray) -> None:
-    special = [AddedToken(tokens[i], special=True, normalized=False)
-               for i in ids_of_type(types, _TYPE.CONTROL, _TYPE.UNKNOWN)]
-    user_defined = [AddedToken(tokens[i], special=False, normalized=False)
-                    for i in ids_of_type(types, _TYPE.USER_DEFINED)]
-    backend.add_special_tokens(special)
-    backend.add_tokens(user_defined)
 
 
 def _pre_tokenizer(metadata: Mapping[str, Any]) -> _PreTokenizer:
@@ -192,7 +169,7 @@ def _pre_tokenizer(metadata: Mapping[str, Any]) -> _PreTokenizer:
 
 
 def _vocab(tokens: list[str]) -> dict[str, int]:
-    vocab = {text: token_id for token_id, text in enumerate(tokens)}
+    vocab = dict(zip(tokens, range(len(tokens))))
     if len(vocab) < len(tokens):  # some text twice: say which
         seen: dict[str, int] = {}
         for token_id, text in enumerate(tokens):
@@ -241,6 +218,8 @@ def _token_list(metadata: Mapping[str, Any]) -> list[str]:
     tokens = _array(metadata, _KEY.LIST, str, "strings")
     if not tokens:
         raise ModelFormatError(f"GGUF metadata has no tokens ({_KEY.LIST})")
+    if all(tokens):
+        return tokens
     # llama.cpp names empty tokens this way; an empty string cannot be a vocabulary entry.
     return [text or f"[EMPTY_{token_id}]" for token_id, text in enumerate(tokens)]
 
@@ -269,17 +248,24 @@ def _scores(metadata: Mapping[str, Any], n_tokens: int) -> list[float]:
     return scores
 
 
-def _merges(metadata: Mapping[str, Any]) -> list[tuple[str, str]]:
+def _merges(metadata: Mapping[str, Any], vocab: dict[str, int]) -> list[str]:
+    """The merges as "left right" strings, checked: each joins two pieces into a token. (The
+    separator is the first space after the first character: a token may be a space.)"""
     merges = _array(metadata, _KEY.MERGES, str, "strings")
     if merges is None:
         raise ModelFormatError(f"a BPE GGUF tokenizer needs {_KEY.MERGES}")
-    # The separator is the first space after the first character: a token may be a space.
-    pairs = [(merge[:1] + left, right)
-             for merge in merges for left, _, right in (merge[1:].partition(" "),)]
-    bad = next((m for m, (_, right) in zip(merges, pairs) if not right), None)
-    if bad is not None:
-        raise ModelFormatError(f"GGUF merge {bad!r} is not two tokens joined by a space")
-    return pairs
+    joined = list(map(str.replace, merges, repeat(" "), repeat(""), repeat(1)))
+    for i in compress(range(len(merges)), map(str.startswith, merges, repeat(" "))):
+        joined[i] = " " + merges[i][1:].replace(" ", "", 1)
+    every_one_joined = sum(map(len, merges)) - sum(map(len, joined)) == len(merges)
+    if not every_one_joined or not all(map(vocab.__contains__, joined)):
+        for merge, text in zip(merges, joined):
+            if len(text) == len(merge):
+                raise ModelFormatError(f"GGUF merge {merge!r} is not two tokens joined by a space")
+            if text not in vocab:
+                raise ModelFormatError(f"GGUF merge {merge!r} names a token that is not in "
+                                       f"{_KEY.LIST}")
+    return merges
 
 
 def _token_id(metadata: Mapping[str, Any], key: str, n_tokens: int,

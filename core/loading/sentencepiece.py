@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import array
 import heapq
-import re
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+
+from mistralrs.loading.token_matcher import TokenMatcher
 
 SPACE_MARK = "\u2581"  # "▁": how SentencePiece spells a space
 
@@ -44,8 +45,8 @@ class SentencePieceTokenizer:
         self.special_token_ids = frozenset(special_ids)
         user_defined = [self._tokens[i] for i in user_defined_ids]
         special = [self._tokens[i] for i in self.special_token_ids]
-        self._split_always = _Matcher(user_defined)
-        self._split_special = _Matcher(user_defined + special)
+        self._split_always = TokenMatcher(user_defined)
+        self._split_special = TokenMatcher(user_defined + special)
         byte_ids = [self._ids.get(f"<0x{byte:02X}>") for byte in range(256)]
         self._byte_ids = byte_ids if None not in byte_ids else None
         self._byte_of = {token_id: byte for byte, token_id in enumerate(byte_ids or [])}
@@ -152,39 +153,6 @@ class SentencePieceTokenizer:
 
     def id_to_token(self, token_id: int) -> str | None:
         return self._tokens[token_id] if 0 <= token_id < self.vocab_size else None
-
-
-class _Matcher:
-    """Finds the tokens `texts` in a text, the longest one at the leftmost place first. (A
-    regular expression of thousands of alternatives takes a quarter of a second to compile:
-    this indexes the tokens by first character and length instead.)"""
-
-    def __init__(self, texts: list[str]):
-        self._texts = {t for t in texts if t}
-        lengths: dict[str, set[int]] = {}
-        for text in self._texts:
-            lengths.setdefault(text[0], set()).add(len(text))
-        self._lengths = {first: sorted(ls, reverse=True) for first, ls in lengths.items()}
-        self._starts = (re.compile("[" + "".join(map(re.escape, lengths)) + "]")
-                        if lengths else None)
-
-    def split(self, text: str) -> Iterable[tuple[str, bool]]:
-        """(piece, is_token) for the stretches of `text`, cut at the tokens found in it."""
-        at = 0
-        if self._starts is not None:
-            for start in self._starts.finditer(text):
-                place = start.start()
-                if place < at:
-                    continue
-                for length in self._lengths[text[place]]:
-                    if text[place:place + length] in self._texts:
-                        if place > at:
-                            yield text[at:place], False
-                        yield text[place:place + length], True
-                        at = place + length
-                        break
-        if at < len(text):
-            yield text[at:], False
 
 
 def _bytes_text(raw: bytes) -> str:

@@ -2,8 +2,8 @@
 that come with it, read from Hugging Face files or rebuilt from GGUF metadata.
 
 It wraps a backend that does the work: a Hugging Face `tokenizers.Tokenizer` (tokenizer.json
-files, GGUF byte-level BPE vocabularies) or the `SentencePieceTokenizer` of GGUF SentencePiece
-vocabularies. Both answer `encode`, `decode`, `token_bytes`, `is_byte_token`, `token_to_id`,
+files), or for GGUF files the `ByteLevelBPETokenizer` or `SentencePieceTokenizer` that their
+metadata describes. All answer `encode`, `decode`, `token_bytes`, `is_byte_token`, `token_to_id`,
 `id_to_token`, `vocab_size` and `special_token_ids` (`_HFBackend` adapts the first).
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ from tokenizers import Tokenizer as BackendTokenizer
 from tokenizers import processors
 
 from mistralrs.errors import ChatTemplateError, TokenizerError
+from mistralrs.loading.byte_level_bpe import ByteLevelBPETokenizer, piece_bytes
 from mistralrs.loading.gguf_tokenizer import build_gguf_tokenizer
 from mistralrs.loading.sentencepiece import SPACE_MARK, SentencePieceTokenizer
 
@@ -40,20 +41,6 @@ class _Spelling(enum.Enum):
         if {"ByteFallback", "Metaspace"} & decoder_types:
             return _Spelling.SENTENCEPIECE
         return _Spelling.TEXT
-
-
-def _gpt2_byte_alphabet() -> dict[str, int]:
-    """GPT-2's byte-level alphabet, character -> byte: printable Latin-1 bytes stand for
-    themselves, the other bytes for the characters from U+0100 on, in byte order."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), ord("ÿ") + 1)]
-    alphabet = {chr(byte): byte for byte in printable}
-    others = (byte for byte in range(256) if byte not in alphabet.values())
-    alphabet.update({chr(256 + n): byte for n, byte in enumerate(others)})
-    return alphabet
-
-
-_GPT2_CHAR_TO_BYTE = _gpt2_byte_alphabet()
 
 
 class _HFBackend:
@@ -103,10 +90,7 @@ class _HFBackend:
         if piece is None:  # past the tokenizer's vocabulary (a padded embedding table)
             return b""
         if self._spelling is _Spelling.BYTE_LEVEL:
-            try:
-                return bytes(_GPT2_CHAR_TO_BYTE[char] for char in piece)
-            except KeyError:  # an added token written as plain text
-                return piece.encode()
+            return piece_bytes(piece)
         if self._spelling is _Spelling.SENTENCEPIECE:
             if self._byte_fallback and _BYTE_TOKEN.fullmatch(piece):
                 return bytes([int(piece[3:5], 16)])
@@ -128,7 +112,7 @@ class Tokenizer:
     """Encodes and decodes text for one model. Build one with `from_hf_files` or
     `from_gguf_metadata`."""
 
-    def __init__(self, backend: _HFBackend | SentencePieceTokenizer, *,
+    def __init__(self, backend: _HFBackend | ByteLevelBPETokenizer | SentencePieceTokenizer, *,
                  bos_token_id: int | None = None, eos_token_id: int | None = None,
                  extra_eos_token_ids: Iterable[int] = (), pad_token_id: int | None = None,
                  chat_template: str | None = None):
@@ -148,11 +132,7 @@ class Tokenizer:
     def from_gguf_metadata(cls, metadata: Mapping[str, Any]) -> Tokenizer:
         """The tokenizer a GGUF file carries; `metadata` maps GGUF keys to plain Python values."""
         parts = build_gguf_tokenizer(metadata)
-        backend = parts.backend
-        if isinstance(backend, BackendTokenizer):
-            backend = _HFBackend(backend, parts.bos_token_id, parts.eos_token_id, parts.add_bos,
-                                 parts.add_eos)
-        return cls(backend, bos_token_id=parts.bos_token_id, eos_token_id=parts.eos_token_id,
+        return cls(parts.backend, bos_token_id=parts.bos_token_id, eos_token_id=parts.eos_token_id,
                    extra_eos_token_ids=parts.end_of_generation_ids,
                    pad_token_id=parts.pad_token_id, chat_template=parts.chat_template)
 
