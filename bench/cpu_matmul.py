@@ -8,12 +8,17 @@ and, at one row, the weight records read per second (a one-row matmul streams it
 memory, so that is the figure to hold against the machine's memory bandwidth). The weights are
 the test suite's random ones (`packed_weight` in tests/kernels/test_gguf_matmul.py): gguf-py's
 quantization of a random matrix for the legacy types, random blocks with modest scales for the
-K-quants (speed does not depend on the values).
+K-quants (speed does not depend on the values). First it prints the machine's int8
+multiply-add peak for the instruction the kernels are built on (`int8_peak.c`, one copy per
+thread at once), to hold the many-row figures against.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,6 +45,22 @@ def best_seconds(fn, reps: int, trials: int = 7) -> float:
     return best
 
 
+def int8_peak(threads: int) -> float | None:
+    """Multiply-adds per second of `threads` copies of int8_peak.c run at once; None without a
+    C compiler."""
+    source = Path(__file__).with_name("int8_peak.c")
+    with tempfile.TemporaryDirectory() as folder:
+        binary = Path(folder) / "int8_peak"
+        compiler = os.environ.get("CC", "cc")
+        try:
+            subprocess.run([compiler, "-O2", "-march=native", "-o", binary, source], check=True)
+        except (OSError, subprocess.CalledProcessError):
+            return None
+        runs = [subprocess.Popen([binary], stdout=subprocess.PIPE, text=True)
+                for _ in range(threads)]
+        return sum(float(run.communicate()[0]) for run in runs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--types", nargs="+", default=["Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K"])
@@ -52,6 +73,9 @@ def main() -> None:
         raise SystemExit("the native CPU kernels are not available here (see the log above)")
     torch.set_num_threads(args.threads)
     print(f"kernels: {lib.mrs_matmul_isa().decode()}, {args.threads} threads")
+    peak = int8_peak(args.threads)
+    if peak is not None:
+        print(f"int8 multiply-add peak: {peak / 1e9:.1f} GMAC/s")
     for name in args.types:
         qtype = Q[name]
         k = 576 if qtype in LEGACY else 768
