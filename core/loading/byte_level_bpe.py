@@ -14,11 +14,11 @@ memory.
 """
 from __future__ import annotations
 
-import heapq
 from collections.abc import Iterable, Sequence
 
 import regex
 
+from mistralrs.loading.pair_joining import join_pairs
 from mistralrs.loading.token_matcher import TokenMatcher
 
 
@@ -116,38 +116,13 @@ class ByteLevelBPETokenizer:
         return ids
 
     def _merge(self, piece: str) -> list[int]:
-        """The ids of one piece: its characters joined by rank (a heap of candidate pairs over a
-        linked list of parts, so that long pieces stay O(n log n))."""
+        """The ids of one piece: its characters joined by merge rank."""
         ids, ranks = self._ids, self._ranks
         if self._ignore_merges and piece in ids:
             return [ids[piece]]
-        parts = [char for char in piece if char in ids]  # (as tokenizers: no unknown token)
-        n = len(parts)
-        following = list(range(1, n)) + [-1]
-        preceding = list(range(-1, n - 1))
-        queue: list[tuple[int, int, int, int]] = []
-
-        def offer(left: int, right: int) -> None:
-            rank = ranks.get(parts[left] + " " + parts[right])
-            if rank is not None:
-                heapq.heappush(queue, (rank, left, right, len(parts[left]) + len(parts[right])))
-
-        for i in range(n - 1):
-            offer(i, i + 1)
-        while queue:
-            _, left, right, size = heapq.heappop(queue)
-            if (not parts[left] or not parts[right] or following[left] != right
-                    or len(parts[left]) + len(parts[right]) != size):
-                continue  # one of the two has been joined to something else since
-            parts[left] += parts[right]
-            parts[right] = ""
-            following[left] = following[right]
-            if following[left] >= 0:
-                preceding[following[left]] = left
-                offer(left, following[left])
-            if preceding[left] >= 0:
-                offer(preceding[left], left)
-        return [ids[part] for part in parts if part]
+        chars = [char for char in piece if char in ids]  # (as tokenizers: no unknown token)
+        parts = join_pairs(chars, lambda left, right: ranks.get(left + " " + right))
+        return [ids[part] for part in parts]
 
     # --- decoding ---------------------------------------------------------------------------
 

@@ -16,11 +16,11 @@ seconds to derive and ~100 MiB to hold.
 from __future__ import annotations
 
 import array
-import heapq
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from mistralrs.loading.pair_joining import join_pairs
 from mistralrs.loading.token_matcher import TokenMatcher
 
 SPACE_MARK = "\u2581"  # "▁": how SentencePiece spells a space
@@ -74,41 +74,18 @@ class SentencePieceTokenizer:
         return ids + (list(self._eos) if add_special_tokens else [])
 
     def _join_pairs(self, text: str) -> list[int]:
-        """llama.cpp's SentencePiece merging of one stretch of text."""
-        pieces = list(text)
-        n = len(pieces)
-        following = list(range(1, n)) + [-1]
-        preceding = list(range(-1, n - 1))
+        """llama.cpp's SentencePiece merging of one stretch of text: the pair whose
+        concatenation is the highest-scoring token first."""
         ids, scores = self._ids, self._scores
-        queue: list[tuple[float, int, int, int]] = []
 
-        def offer(left: int, right: int) -> None:
-            token_id = ids.get(pieces[left] + pieces[right])
-            if token_id is not None:
-                heapq.heappush(queue, (-scores[token_id], left, right,
-                                       len(pieces[left]) + len(pieces[right])))
+        def priority(left: str, right: str) -> float | None:
+            token_id = ids.get(left + right)
+            return None if token_id is None else -scores[token_id]
 
-        for i in range(n - 1):
-            offer(i, i + 1)
-        while queue:
-            _, left, right, size = heapq.heappop(queue)
-            if (not pieces[left] or not pieces[right] or following[left] != right
-                    or len(pieces[left]) + len(pieces[right]) != size):
-                continue  # one of the two has been joined to something else since
-            pieces[left] += pieces[right]
-            pieces[right] = ""
-            following[left] = following[right]
-            if following[left] >= 0:
-                preceding[following[left]] = left
-                offer(left, following[left])
-            if preceding[left] >= 0:
-                offer(preceding[left], left)
         out: list[int] = []
-        at = 0 if n else -1
-        while at >= 0:
-            token_id = ids.get(pieces[at])
-            out += [token_id] if token_id is not None else self._spell_unknown(pieces[at])
-            at = following[at]
+        for piece in join_pairs(list(text), priority):
+            token_id = ids.get(piece)
+            out += [token_id] if token_id is not None else self._spell_unknown(piece)
         return out
 
     def _spell_unknown(self, character: str) -> list[int]:
