@@ -313,6 +313,7 @@ MALFORMED = [
     ("merges not strings", byte_level_metadata, _with(merges=[1, 2]), "array of strings"),
     ("merge of one token", byte_level_metadata, _with(merges=["he"]), "two tokens"),
     ("merge of unknown tokens", byte_level_metadata, _with(merges=["x yz"]), "not in"),
+    ("merge of a half that is no token", byte_level_metadata, _with(merges=["h el"]), "not in"),
     ("token types too short", byte_level_metadata, _with(token_type=[1, 1]), "entries"),
     ("unknown token type", byte_level_metadata, _with(token_type=[9] * 259), "unknown token types"),
     ("eos id out of range", byte_level_metadata, _with(eos_token_id=259), "outside"),
@@ -391,8 +392,9 @@ def smollm2_original_layout() -> tokenizers.Tokenizer:
     reference.pre_tokenizer = BYTE_LEVEL_SPLITS["smollm"]
     reference.decoder = decoders.ByteLevel()
     types = metadata["tokenizer.ggml.token_type"]
+    control = [t for t, kind in zip(tokens, types) if kind == gguf.TokenType.CONTROL]
     reference.add_special_tokens([tokenizers.AddedToken(t, special=True, normalized=False)
-                                  for t, kind in zip(tokens, types) if kind == gguf.TokenType.CONTROL])
+                                  for t in control])
     return reference
 
 

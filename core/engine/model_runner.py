@@ -136,7 +136,8 @@ class ModelRunner:
             if logits is not None:
                 return logits
         logits = self.model(self._batch(scheduled, all_logits))
-        if self.device.type == "cpu" and sum(i.num_new_tokens for i in scheduled) >= LONG_STEP_TOKENS:
+        new_tokens = sum(item.num_new_tokens for item in scheduled)
+        if self.device.type == "cpu" and new_tokens >= LONG_STEP_TOKENS:
             release_free_memory()
         return logits
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import numbers
-from itertools import compress, repeat
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -248,24 +248,39 @@ def _scores(metadata: Mapping[str, Any], n_tokens: int) -> list[float]:
     return scores
 
 
+_MERGE_LEFT = re.compile(r"^(.[^ \n]*) ", re.MULTILINE)
+_MERGE_RIGHT = re.compile(r"^.[^ \n]* ([^\n]*)$", re.MULTILINE)
+
+
 def _merges(metadata: Mapping[str, Any], vocab: dict[str, int]) -> list[str]:
-    """The merges as "left right" strings, checked: each joins two pieces into a token. (The
-    separator is the first space after the first character: a token may be a space.)"""
+    """The merges as "left right" strings, checked: two tokens whose concatenation is a token.
+    (The separator is the first space after the first character: a token may be a space.)"""
     merges = _array(metadata, _KEY.MERGES, str, "strings")
     if merges is None:
         raise ModelFormatError(f"a BPE GGUF tokenizer needs {_KEY.MERGES}")
-    joined = list(map(str.replace, merges, repeat(" "), repeat(""), repeat(1)))
-    for i in compress(range(len(merges)), map(str.startswith, merges, repeat(" "))):
-        joined[i] = " " + merges[i][1:].replace(" ", "", 1)
-    every_one_joined = sum(map(len, merges)) - sum(map(len, joined)) == len(merges)
-    if not every_one_joined or not all(map(vocab.__contains__, joined)):
-        for merge, text in zip(merges, joined):
-            if len(text) == len(merge):
-                raise ModelFormatError(f"GGUF merge {merge!r} is not two tokens joined by a space")
-            if text not in vocab:
-                raise ModelFormatError(f"GGUF merge {merge!r} names a token that is not in "
-                                       f"{_KEY.LIST}")
+    # The halves by two regex passes over all merges at once: no Python loop and no container
+    # per merge (either costs 20-100 ms for 49k merges).
+    lines = "\n".join(merges)
+    lefts, rights = _MERGE_LEFT.findall(lines), _MERGE_RIGHT.findall(lines)
+    known = vocab.__contains__
+    if (lines.count("\n") == len(merges) - 1 and len(lefts) == len(rights) == len(merges)
+            and all(rights) and all(map(known, lefts)) and all(map(known, rights))
+            and all(map(known, map(str.__add__, lefts, rights)))):
+        return merges
+    problem = next((p for merge in merges if (p := _merge_problem(merge, known))), None)
+    if problem is not None:  # (else merges with a newline made the fast check give up)
+        raise ModelFormatError(problem)
     return merges
+
+
+def _merge_problem(merge: str, known) -> str | None:
+    left, _, right = merge[1:].partition(" ")
+    left = merge[:1] + left
+    if not right:
+        return f"GGUF merge {merge!r} is not two tokens joined by a space"
+    if not (known(left) and known(right) and known(left + right)):
+        return f"GGUF merge {merge!r} names a token that is not in {_KEY.LIST}"
+    return None
 
 
 def _token_id(metadata: Mapping[str, Any], key: str, n_tokens: int,
