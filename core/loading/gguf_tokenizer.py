@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import numbers
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -248,27 +247,24 @@ def _scores(metadata: Mapping[str, Any], n_tokens: int) -> list[float]:
     return scores
 
 
-_MERGE_LEFT = re.compile(r"^(.[^ \n]*) ", re.MULTILINE)
-_MERGE_RIGHT = re.compile(r"^.[^ \n]* ([^\n]*)$", re.MULTILINE)
-
-
 def _merges(metadata: Mapping[str, Any], vocab: dict[str, int]) -> list[str]:
     """The merges as "left right" strings, checked: two tokens whose concatenation is a token.
     (The separator is the first space after the first character: a token may be a space.)"""
     merges = _array(metadata, _KEY.MERGES, str, "strings")
     if merges is None:
         raise ModelFormatError(f"a BPE GGUF tokenizer needs {_KEY.MERGES}")
-    # The halves by two regex passes over all merges at once: no Python loop and no container
-    # per merge (either costs 20-100 ms for 49k merges).
+    # Byte-level vocabularies spell a space as "Ġ", so each merge has exactly one space and the
+    # whole list can be split and checked by a few passes in C over one joined string (a loop
+    # over 49k merges in Python costs ~100 ms at load on a slow core).
     lines = "\n".join(merges)
-    lefts, rights = _MERGE_LEFT.findall(lines), _MERGE_RIGHT.findall(lines)
+    if lines.count(" ") == len(merges) and lines.count("\n") == len(merges) - 1:
+        halves = set(lines.replace(" ", "\n").split("\n"))
+        joined = set(lines.replace(" ", "").split("\n"))
+        if "" not in halves and not halves.difference(vocab) and not joined.difference(vocab):
+            return merges
     known = vocab.__contains__
-    if (lines.count("\n") == len(merges) - 1 and len(lefts) == len(rights) == len(merges)
-            and all(rights) and all(map(known, lefts)) and all(map(known, rights))
-            and all(map(known, map(str.__add__, lefts, rights)))):
-        return merges
     problem = next((p for merge in merges if (p := _merge_problem(merge, known))), None)
-    if problem is not None:  # (else merges with a newline made the fast check give up)
+    if problem is not None:
         raise ModelFormatError(problem)
     return merges
 
