@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import mistralrs_arch_llama.plugin
 import pytest
@@ -15,7 +18,7 @@ from mistralrs.errors import (
     ModelNotFoundError,
 )
 from mistralrs.loading.model_loader import load_gguf, load_plain
-from mistralrs.plugins import Architecture, PluginRegistry, default_registry, hookimpl
+from mistralrs.plugins import Architecture, PluginRegistry, default_registry, hookimpl, lazy
 from tiny_models import save_hf_model
 
 
@@ -133,3 +136,34 @@ def test_mixtral_gguf_without_its_plugin(tmp_path, llama_only):
     write_llama_gguf(MixtralForCausalLM(config), tmp_path / "moe.gguf", GGMLQuantizationType.F32)
     with pytest.raises(ArchitectureNotFoundError, match="pip install mistralrs-arch-mistral"):
         load_gguf(str(tmp_path), "moe.gguf", registry=llama_only, progress=False)
+
+
+def test_registry_imports_no_plugin_model_code():
+    """Plugins name their config and model code lazily (`mistralrs.plugins.lazy`): finding the
+    installed architectures imports none of it, and using one imports only its own."""
+    script = (
+        "import sys\n"
+        "from mistralrs.plugins import default_registry\n"
+        "registry = default_registry()\n"
+        "def heavy(): return sorted(m for m in sys.modules if m.startswith('mistralrs_arch_')"
+        " and m.endswith(('.config', '.model')))\n"
+        "print(len(registry.architectures), heavy())\n"
+        "try: registry.get('Llama').parse_config({}, 'hf')\n"
+        "except Exception: pass\n"
+        "print(heavy())\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=True)
+    first, second = done.stdout.splitlines()
+    count, before = first.split(" ", 1)
+    assert int(count) >= 14 and before == "[]"
+    assert second == "['mistralrs_arch_llama.config']"
+
+
+def test_lazy_plugin_function_imports_on_first_call_and_names_a_bad_target():
+    join = lazy("os.path:join")
+    assert join("a", "b") == os.path.join("a", "b") and join.__name__ == "join"
+    with pytest.raises(ValueError, match="module:function"):
+        lazy("os.path.join")
+    broken = lazy("mistralrs_no_such_plugin.model:build_model")  # fails only when called
+    with pytest.raises(ImportError, match="reinstall the plugin"):
+        broken({})

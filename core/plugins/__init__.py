@@ -6,6 +6,7 @@ from mistralrs.plugins.architecture import (
     WeightMapper,
 )
 from mistralrs.plugins.hookspecs import ENTRY_POINT_GROUP, hookimpl
+from mistralrs.plugins.lazy import lazy
 from mistralrs.plugins.registry import PluginInfo, PluginRegistry, default_registry
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "WeightMapper",
     "default_registry",
     "hookimpl",
+    "lazy",
 ]

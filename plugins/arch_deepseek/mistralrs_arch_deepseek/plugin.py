@@ -8,6 +8,7 @@ prediction layers past `num_hidden_layers`; generation does not use them.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -15,14 +16,10 @@ from mistralrs.kernels.gguf import dequantize
 from mistralrs.kernels.gguf.packed import QuantizedTensor
 from mistralrs.layers import expert_slice
 from mistralrs.loading.gguf_names import llama_style_name
-from mistralrs.plugins import Architecture, MappedTensor, hookimpl
-from mistralrs_arch_deepseek.config import (
-    DeepseekConfig,
-    is_deepseek_v3_gguf,
-    parse_deepseek_v2,
-    parse_deepseek_v3,
-)
-from mistralrs_arch_deepseek.model import build_model
+from mistralrs.plugins import Architecture, MappedTensor, hookimpl, lazy
+
+if TYPE_CHECKING:
+    from mistralrs_arch_deepseek.config import DeepseekConfig
 
 _GGUF_PER_LAYER = {
     "attn_q_a": "self_attn.q_a_proj",
@@ -130,21 +127,21 @@ def weight_mapper(config: DeepseekConfig, fmt: str):
 
 DEEPSEEK_V2 = Architecture(
     name="DeepseekV2",
-    parse_config=parse_deepseek_v2,
+    parse_config=lazy("mistralrs_arch_deepseek.config:parse_deepseek_v2"),
     weight_mapper=weight_mapper,
-    build_model=build_model,
+    build_model=lazy("mistralrs_arch_deepseek.model:build_model"),
     hf_architectures=("DeepseekV2ForCausalLM",),
     gguf_architectures=("deepseek2",),
     description="DeepSeek-V2, V2-Lite, V2.5, Coder-V2: latent attention, softmax-routed MoE",
 )
 DEEPSEEK_V3 = Architecture(
     name="DeepseekV3",
-    parse_config=parse_deepseek_v3,
+    parse_config=lazy("mistralrs_arch_deepseek.config:parse_deepseek_v3"),
     weight_mapper=weight_mapper,
-    build_model=build_model,
+    build_model=lazy("mistralrs_arch_deepseek.model:build_model"),
     hf_architectures=("DeepseekV3ForCausalLM",),
     gguf_architectures=("deepseek2",),
-    gguf_matches=is_deepseek_v3_gguf,
+    gguf_matches=lazy("mistralrs_arch_deepseek.config:is_deepseek_v3_gguf"),
     description="DeepSeek-V3 and R1: latent attention, sigmoid-routed MoE with correction bias",
 )
 

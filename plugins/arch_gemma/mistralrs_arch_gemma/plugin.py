@@ -4,9 +4,12 @@ from __future__ import annotations
 import torch
 
 from mistralrs.loading.gguf_names import llama_style_mapper
-from mistralrs.plugins import Architecture, MappedTensor, hookimpl
-from mistralrs_arch_gemma.config import GemmaConfig, parse_gemma, parse_gemma2, parse_gemma3
-from mistralrs_arch_gemma.model import build_model
+from typing import TYPE_CHECKING
+
+from mistralrs.plugins import Architecture, MappedTensor, hookimpl, lazy
+
+if TYPE_CHECKING:
+    from mistralrs_arch_gemma.config import GemmaConfig
 
 # llama.cpp's names for the Gemma 2/3 norms around the MLP (`post_attention_norm` is already
 # in the shared table). Gemma 1's `ffn_norm` keeps the llama meaning: the norm before the MLP,
@@ -31,17 +34,17 @@ def weight_mapper(config: GemmaConfig, fmt: str):
         lambda stem: _without_unit_offset if stem.endswith("norm") else None)
 
 
-def _gemma_architecture(name: str, parse_config, hf: str, gguf: str, description: str):
-    return Architecture(name=name, parse_config=parse_config, weight_mapper=weight_mapper,
-                        build_model=build_model, hf_architectures=(hf,),
+def _gemma_architecture(name: str, parse_config: str, hf: str, gguf: str, description: str):
+    return Architecture(name=name, parse_config=lazy(f"mistralrs_arch_gemma.config:{parse_config}"), weight_mapper=weight_mapper,
+                        build_model=lazy("mistralrs_arch_gemma.model:build_model"), hf_architectures=(hf,),
                         gguf_architectures=(gguf,), description=description)
 
 
-GEMMA = _gemma_architecture("Gemma", parse_gemma, "GemmaForCausalLM", "gemma",
+GEMMA = _gemma_architecture("Gemma", "parse_gemma", "GemmaForCausalLM", "gemma",
                             "Gemma (2B, 7B) and CodeGemma")
-GEMMA2 = _gemma_architecture("Gemma2", parse_gemma2, "Gemma2ForCausalLM", "gemma2",
+GEMMA2 = _gemma_architecture("Gemma2", "parse_gemma2", "Gemma2ForCausalLM", "gemma2",
                              "Gemma 2: sliding-window layers, soft-capping, sandwich norms")
-GEMMA3 = _gemma_architecture("Gemma3", parse_gemma3, "Gemma3ForCausalLM", "gemma3",
+GEMMA3 = _gemma_architecture("Gemma3", "parse_gemma3", "Gemma3ForCausalLM", "gemma3",
                              "Gemma 3 text: QK-norm, local/global rope bases, 5:1 sliding layers")
 
 

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 from mistralrs.loading.gguf_names import llama_style_mapper, rotary_unpermutes
-from mistralrs.plugins import Architecture, MappedTensor, hookimpl
-from mistralrs_arch_llama.config import LlamaConfig, parse_config
-from mistralrs_arch_llama.model import build_model
+from typing import TYPE_CHECKING
+
+from mistralrs.plugins import Architecture, MappedTensor, hookimpl, lazy
+
+if TYPE_CHECKING:
+    from mistralrs_arch_llama.config import LlamaConfig
 
 
 def weight_mapper(config: LlamaConfig, fmt: str):
@@ -16,9 +19,9 @@ def weight_mapper(config: LlamaConfig, fmt: str):
 
 LLAMA = Architecture(
     name="Llama",
-    parse_config=parse_config,
+    parse_config=lazy("mistralrs_arch_llama.config:parse_config"),
     weight_mapper=weight_mapper,
-    build_model=build_model,
+    build_model=lazy("mistralrs_arch_llama.model:build_model"),
     hf_architectures=("LlamaForCausalLM",),
     gguf_architectures=("llama",),
     description="Llama 1/2/3 and compatible (SmolLM, TinyLlama, Mistral-style dense models)",

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from mistralrs.loading.gguf_names import llama_style_mapper, rotary_unpermutes
 from mistralrs.loading.moe_names import GGUF_MOE_NAMES, all_experts, hf_moe_tensor
-from mistralrs.plugins import Architecture, MappedTensor, hookimpl
-from mistralrs_arch_mistral.config import MistralConfig, is_mixtral_gguf, parse_config
-from mistralrs_arch_mistral.model import build_model
+from typing import TYPE_CHECKING
+
+from mistralrs.plugins import Architecture, MappedTensor, hookimpl, lazy
+
+if TYPE_CHECKING:
+    from mistralrs_arch_mistral.config import MistralConfig
 
 def weight_mapper(config: MistralConfig, fmt: str):
     num_experts = config.num_local_experts
@@ -30,21 +33,21 @@ def weight_mapper(config: MistralConfig, fmt: str):
 
 MISTRAL = Architecture(
     name="Mistral",
-    parse_config=parse_config,
+    parse_config=lazy("mistralrs_arch_mistral.config:parse_config"),
     weight_mapper=weight_mapper,
-    build_model=build_model,
+    build_model=lazy("mistralrs_arch_mistral.model:build_model"),
     hf_architectures=("MistralForCausalLM",),
     description="Mistral 7B, Mistral NeMo and compatible dense models (sliding-window attention)",
 )
 
 MIXTRAL = Architecture(
     name="Mixtral",
-    parse_config=parse_config,
+    parse_config=lazy("mistralrs_arch_mistral.config:parse_config"),
     weight_mapper=weight_mapper,
-    build_model=build_model,
+    build_model=lazy("mistralrs_arch_mistral.model:build_model"),
     hf_architectures=("MixtralForCausalLM",),
     gguf_architectures=("llama",),
-    gguf_matches=is_mixtral_gguf,
+    gguf_matches=lazy("mistralrs_arch_mistral.config:is_mixtral_gguf"),
     description="Mixtral sparse mixture-of-experts models (top-k routed experts)",
 )
 

@@ -8,14 +8,16 @@ family with NEOX (rotate-half) rope, so q/k rows keep their Hugging Face order.
 from __future__ import annotations
 
 from itertools import accumulate
+from typing import TYPE_CHECKING
 
 import torch
 
 from mistralrs.loading.moe_names import GGUF_MOE_NAMES, all_experts, hf_moe_tensor
 from mistralrs.loading.gguf_names import llama_style_name
-from mistralrs.plugins import Architecture, MappedTensor, hookimpl
-from mistralrs_arch_phi.config import PhiConfig, parse_phi2, parse_phi3, parse_phimoe
-from mistralrs_arch_phi.model import build_phi2, build_phi3
+from mistralrs.plugins import Architecture, MappedTensor, hookimpl, lazy
+
+if TYPE_CHECKING:
+    from mistralrs_arch_phi.config import PhiConfig
 
 # Hugging Face module names (Phi-2's, Phi-3.5-MoE's router) -> the core layers'.
 _HF_RENAMES = {
@@ -102,27 +104,27 @@ def _weight_mapper(gguf_per_layer: dict[str, str]):
 
 PHI2 = Architecture(
     name="Phi2",
-    parse_config=parse_phi2,
+    parse_config=lazy("mistralrs_arch_phi.config:parse_phi2"),
     weight_mapper=_weight_mapper(_GGUF_PHI2),
-    build_model=build_phi2,
+    build_model=lazy("mistralrs_arch_phi.model:build_phi2"),
     hf_architectures=("PhiForCausalLM",),
     gguf_architectures=("phi2",),
     description="Phi-2, Phi-1.5, Phi-1: parallel attention and MLP, partial rotary, biases",
 )
 PHI3 = Architecture(
     name="Phi3",
-    parse_config=parse_phi3,
+    parse_config=lazy("mistralrs_arch_phi.config:parse_phi3"),
     weight_mapper=_weight_mapper(_GGUF_PHI3),
-    build_model=build_phi3,
+    build_model=lazy("mistralrs_arch_phi.model:build_phi3"),
     hf_architectures=("Phi3ForCausalLM",),
     gguf_architectures=("phi3",),
     description="Phi-3, Phi-3.5, Phi-4 dense: fused projections, longrope (128k models)",
 )
 PHI3_5_MOE = Architecture(
     name="Phi3_5MoE",
-    parse_config=parse_phimoe,
+    parse_config=lazy("mistralrs_arch_phi.config:parse_phimoe"),
     weight_mapper=_weight_mapper(_GGUF_PHI3),
-    build_model=build_phi3,
+    build_model=lazy("mistralrs_arch_phi.model:build_phi3"),
     hf_architectures=("PhiMoEForCausalLM", "PhimoeForCausalLM"),
     gguf_architectures=("phimoe",),
     description="Phi-3.5-MoE: 16 experts, sparsemixer top-2 routing, LayerNorm, biases",

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 from mistralrs.loading.gguf_names import llama_style_mapper
-from mistralrs.plugins import Architecture, MappedTensor, hookimpl
-from mistralrs_arch_starcoder.config import Starcoder2Config, parse_config
-from mistralrs_arch_starcoder.model import build_model
+from typing import TYPE_CHECKING
+
+from mistralrs.plugins import Architecture, MappedTensor, hookimpl, lazy
+
+if TYPE_CHECKING:
+    from mistralrs_arch_starcoder.config import Starcoder2Config
 
 # Hugging Face's names for the plain MLP -> the core `MLP`'s (llama.cpp's ffn_up / ffn_down).
 _HF_MLP_NAMES = {".mlp.c_fc.": ".mlp.up_proj.", ".mlp.c_proj.": ".mlp.down_proj."}
@@ -26,9 +29,9 @@ def weight_mapper(config: Starcoder2Config, fmt: str):
 
 STARCODER2 = Architecture(
     name="Starcoder2",
-    parse_config=parse_config,
+    parse_config=lazy("mistralrs_arch_starcoder.config:parse_config"),
     weight_mapper=weight_mapper,
-    build_model=build_model,
+    build_model=lazy("mistralrs_arch_starcoder.model:build_model"),
     hf_architectures=("Starcoder2ForCausalLM",),
     gguf_architectures=("starcoder2",),
     description="StarCoder2: LayerNorm, biased projections, gelu MLP, sliding window",
