@@ -16,6 +16,7 @@ from mistralrs.errors import (
     ModelNotFoundError,
     TokenizerError,
 )
+from mistralrs.kernels import cpu
 from mistralrs.loading import hub
 from mistralrs.loading.config import eos_ids, gguf_config_view, read_json, validate_sizes
 from mistralrs.loading.gguf_file import GGUFFile
@@ -150,22 +151,28 @@ def load_gguf(quantized_model_id: str, quantized_filename: str | list[str],
     architecture = _resolve_architecture(registry, arch,
                                          lambda: registry.for_gguf(gguf.architecture, view))
     config = _parse_config(architecture, view, "gguf")
-    model = _build(architecture, config, gguf.tensors(), len(gguf.tensor_names()), "gguf",
-                   dtype, device, progress)
+    with cpu.background_repacks():  # the tokenizer is built while the weights are repacked
+        model = _build(architecture, config, gguf.tensors(), len(gguf.tensor_names()), "gguf",
+                       dtype, device, progress)
+        tokenizer = _gguf_tokenizer(gguf, tok_model_id, revision, token)
     gguf.release_pages()  # the weights the model keeps in a layout of its own were copied
-    if tok_model_id:
-        tok_dir = hub.resolve_dir(tok_model_id, revision, allow_patterns=_HF_FILES, token=token)
-        tokenizer = Tokenizer.from_hf_files(tok_dir / "tokenizer.json",
-                                            tok_dir / "tokenizer_config.json", tok_dir)
-    else:
-        try:
-            tokenizer = Tokenizer.from_gguf_metadata(gguf.metadata)
-        except TokenizerError as e:
-            raise TokenizerError(f"{e}; pass tok_model_id= to take the tokenizer from a "
-                                 "Hugging Face repository instead") from None
     return LoadedModel(model, config, architecture, _with_template(tokenizer, chat_template),
                        frozenset(tokenizer.eos_token_ids), config.max_position_embeddings,
                        dtype, device, name=paths[0].name)
+
+
+def _gguf_tokenizer(gguf: GGUFFile, tok_model_id: str | None, revision: str | None,
+                    token: str | bool | None) -> Tokenizer:
+    """The file's own tokenizer, or the one of `tok_model_id` (a Hugging Face repo or directory)."""
+    if tok_model_id:
+        tok_dir = hub.resolve_dir(tok_model_id, revision, allow_patterns=_HF_FILES, token=token)
+        return Tokenizer.from_hf_files(tok_dir / "tokenizer.json",
+                                       tok_dir / "tokenizer_config.json", tok_dir)
+    try:
+        return Tokenizer.from_gguf_metadata(gguf.metadata)
+    except TokenizerError as e:
+        raise TokenizerError(f"{e}; pass tok_model_id= to take the tokenizer from a "
+                             "Hugging Face repository instead") from None
 
 
 def _with_template(tokenizer: Tokenizer, chat_template: str | None) -> Tokenizer:

@@ -12,8 +12,11 @@ reference paths (`attention_reference`, the layers' torch code) for the small op
 from __future__ import annotations
 
 import logging
+import mmap
 import platform
+import re
 import threading
+import warnings
 
 import gguf
 import numpy as np
@@ -84,6 +87,46 @@ def test_repacked_records_hold_the_files_weights_bit_for_bit(kernels, qtype):
     weight = cpu.repack(packed, qtype)
     assert weight.out_features == 37
     assert finite_equal(cpu.dequantize_repacked(weight), dequantize_reference(packed, qtype))
+
+
+def _resident_kib(path) -> int:
+    """Resident memory of this process's mappings of `path` (from /proc/self/smaps)."""
+    total, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        if re.match(r"[0-9a-f]+-[0-9a-f]+ ", line):
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="reads /proc/self/smaps")
+def test_background_repacks_are_complete_when_their_context_exits(kernels, monkeypatch, tmp_path):
+    """Inside `background_repacks` the kernels' background thread writes the records, in
+    chunks, and drops the pages of a memory-mapped source as it goes; after the context the
+    records are the file's weights."""
+    monkeypatch.setattr(cpu.quant_matmul, "REPACK_CHUNK_BYTES", 256 << 10)  # several chunks
+    sources = [(packed_weight(qtype, 2048, 1024), qtype) for qtype in (Q.Q4_1, Q.Q6_K, Q.Q8_0)]
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"".join(packed.numpy().tobytes() for packed, _ in sources))
+    with open(path, "rb") as f:
+        mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    views, offset = [], 0
+    for packed, _ in sources:
+        nbytes = packed.numel()
+        view = np.frombuffer(mapping, np.uint8, nbytes, offset).reshape(packed.shape)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # read-only: nothing writes to it
+            views.append(torch.from_numpy(view))
+        offset += nbytes
+    with cpu.background_repacks():
+        weights = [cpu.repack(view, qtype, release_rows=lambda first, last: None)
+                   for view, (_, qtype) in zip(views, sources)]
+    for weight, (packed, qtype) in zip(weights, sources):
+        assert finite_equal(cpu.dequantize_repacked(weight), dequantize_reference(packed, qtype))
+    # What stays: the kernel maps up to 64 KiB around a page fault ("fault-around"), so
+    # reading a chunk maps again some pages of the one released before it.
+    assert _resident_kib(path) * 1024 < offset / 3
 
 
 def q8_1_min_term_correction(x: torch.Tensor, x_q: torch.Tensor, packed: torch.Tensor,

@@ -14,6 +14,7 @@ from mistralrs.kernels.cpu.quant_matmul import (
     PackedLinears,
     RepackedWeight,
     activation_group,
+    background_repacks,
     dequantize_repacked,
     dequantize_rows,
     quantize_dequantize_rows,
@@ -21,6 +22,7 @@ from mistralrs.kernels.cpu.quant_matmul import (
 )
 
 __all__ = [
-    "SUPPORTED_TYPES", "PackedLinears", "RepackedWeight", "activation_group", "dequantize_repacked",
+    "SUPPORTED_TYPES", "PackedLinears", "RepackedWeight", "activation_group", "background_repacks",
+    "dequantize_repacked",
     "dequantize_rows", "library", "mode", "quantize_dequantize_rows", "reference_mode", "repack",
 ]

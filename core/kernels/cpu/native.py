@@ -38,6 +38,8 @@ _P, _I, _L, _F = c_void_p, c_int, c_longlong, c_float
 SIGNATURES = {
     "mrs_repacked_bytes": (_L, [_I, _L, _L]),
     "mrs_repack": (_I, [_I, _P, _L, _L, _P, _I]),
+    "mrs_repack_background": (_I, [_I, _P, _L, _L, _P, _I]),
+    "mrs_background_wait": (None, []),
     "mrs_dequantize_repacked": (_I, [_I, _P, _L, _L, _P]),
     "mrs_dequantize_rows": (_I, [_I, _P, _L, _L, _P, _L, _F, _P]),
     "mrs_dequantize_repacked_rows": (_I, [_I, _P, _L, _L, _P, _L, _F, _P]),

@@ -30,7 +30,10 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "fp16.h"
 #include "isa.h"
@@ -311,6 +314,44 @@ int mrs_repack(int qtype, const uint8_t *src, long long n, long long k, uint8_t 
     c.groups = (int)((n + LANES - 1) / LANES);
     c.blocks = (int)(k / BLOCK);
     mrs_parallel(repack_part, &c, nthreads);
+    return 0;
+}
+
+/* ---- repacking on the background thread (threads.c) ---------------------------------- */
+
+typedef struct {
+    int qtype, release;
+    const uint8_t *src;
+    long long n, k, src_bytes;
+    uint8_t *dst;
+} repack_job;
+
+static void run_repack_job(void *arg) {
+    const repack_job *j = arg;
+    mrs_repack(j->qtype, j->src, j->n, j->k, j->dst, 1);
+    if (!j->release) return;
+    /* the whole pages of the source, a read-only file mapping (read from the file again if
+     * anything touches them later) */
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    const uintptr_t first = ((uintptr_t)j->src + page - 1) / page * page;
+    const uintptr_t last = ((uintptr_t)j->src + (uintptr_t)j->src_bytes) / page * page;
+    if (last > first) madvise((void *)first, last - first, MADV_DONTNEED);
+}
+
+/* mrs_repack(qtype, src, n, k, dst, 1) on the background thread; with `release`, the source's
+ * pages are then dropped from memory. Returns 0, or -1 (nothing queued: repack here instead).
+ * src and dst must stay valid until mrs_background_wait() returns. */
+int mrs_repack_background(int qtype, const uint8_t *src, long long n, long long k, uint8_t *dst,
+                          int release) {
+    layout_t l;
+    if (!layout_of(qtype, &l) || k % l.block_elems) return -1;
+    repack_job *job = malloc(sizeof *job);
+    if (!job) return -1;
+    *job = (repack_job){qtype, release, src, n, k, n * (k / l.block_elems * l.block_bytes), dst};
+    if (mrs_background(run_repack_job, job) != 0) {
+        free(job);
+        return -1;
+    }
     return 0;
 }
 

@@ -12,10 +12,14 @@
  * caller takes the parts nobody has claimed. Workers spin for SPIN_SECONDS after their last
  * part, then sleep on a condition variable. Calls from two threads at once do not wait for
  * each other: the second runs its parts itself.
+ *
+ * Beside the pool, one background thread runs queued tasks one after another while the caller
+ * goes on (`mrs_background`): repacking weights while Python builds the rest of a model.
  */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <time.h>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -127,4 +131,71 @@ void mrs_parallel(mrs_task fn, void *ctx, int parts) {
     run_parts(generation);
     while (atomic_load(&pool.done) < parts) cpu_relax();
     pthread_mutex_unlock(&pool.call_lock);
+}
+
+/* ---- the background thread: tasks run one after another, beside the caller -------------- */
+
+typedef struct background_task {
+    void (*fn)(void *);
+    void *ctx;
+    struct background_task *next;
+} background_task;
+
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t work, idle;
+    background_task *head, *tail;
+    int running, started;
+} background = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER};
+
+static void *background_main(void *arg) {
+    (void)arg;
+    pthread_mutex_lock(&background.lock);
+    for (;;) {
+        while (!background.head) pthread_cond_wait(&background.work, &background.lock);
+        background_task *task = background.head;
+        background.head = task->next;
+        if (!background.head) background.tail = 0;
+        background.running = 1;
+        pthread_mutex_unlock(&background.lock);
+        task->fn(task->ctx);
+        free(task->ctx);
+        free(task);
+        pthread_mutex_lock(&background.lock);
+        background.running = 0;
+        if (!background.head) pthread_cond_broadcast(&background.idle);
+    }
+    return 0;
+}
+
+int mrs_background(void (*fn)(void *), void *ctx) {
+    background_task *task = malloc(sizeof *task);
+    if (!task) return -1;
+    *task = (background_task){fn, ctx, 0};
+    pthread_mutex_lock(&background.lock);
+    if (!background.started) {
+        pthread_t thread;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        background.started = pthread_create(&thread, &attr, background_main, 0) == 0;
+        pthread_attr_destroy(&attr);
+        if (!background.started) {
+            pthread_mutex_unlock(&background.lock);
+            free(task);
+            return -1;
+        }
+    }
+    if (background.tail) background.tail->next = task;
+    else background.head = task;
+    background.tail = task;
+    pthread_cond_signal(&background.work);
+    pthread_mutex_unlock(&background.lock);
+    return 0;
+}
+
+void mrs_background_wait(void) {
+    pthread_mutex_lock(&background.lock);
+    while (background.head || background.running) pthread_cond_wait(&background.idle, &background.lock);
+    pthread_mutex_unlock(&background.lock);
 }
