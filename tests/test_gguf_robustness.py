@@ -29,6 +29,7 @@ from mistralrs import Runner, Which
 from mistralrs.default_model import default_model_path
 from mistralrs.engine.scoring import score
 from mistralrs.errors import ModelFormatError
+from mistralrs.kernels import cpu
 from mistralrs.kernels.gguf.packed import QuantizedTensor
 from mistralrs.loading.gguf_file import GGUFFile
 from mistralrs.loading.model_loader import load_gguf
@@ -363,6 +364,24 @@ def test_real_model_reads_as_gguf_py_reads_it():
     gguf = GGUFFile.open([path])
     assert time.perf_counter() - start < 3  # about 0.1 s; gguf-py's reader takes 4 s
     assert_reads_as_gguf_py(gguf, path)
+
+
+@pytest.mark.parametrize("texts", [
+    ["", "a", "Ġthe", "é", "日本語", "<|im_end|>", "x" * 300],
+    ["plain", "with\0nul", "after"],  # a NUL: the native pass leaves it to the careful loop
+], ids=["utf8", "nul"])
+def test_string_arrays_read_as_gguf_py_reads_them_with_and_without_the_kernels(tmp_path, texts):
+    path = tmp_path / "strings.gguf"
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_array("test.strings", texts)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    expected = GGUFReader(path).fields["test.strings"].contents()
+    assert GGUFFile.open([path]).metadata["test.strings"] == expected == texts
+    with cpu.reference_mode():
+        assert GGUFFile.open([path]).metadata["test.strings"] == expected
 
 
 # --- split models -------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""Builds and loads the native CPU kernels (`quant_matmul.c`, `ops.c`, `threads.c`) as one
-shared library, called through ctypes.
+"""Builds and loads the native CPU kernels (`quant_matmul.c`, `ops.c`, `threads.c`, and
+`gguf_strings.c`, the one pass over a GGUF string array) as one shared library, called through ctypes.
 
 The library is compiled on first use with the machine's C compiler (`$CC`, else `cc`) for the
 machine's own instruction set (`-march=native`: AVX-512 VNNI or AVX2 where the CPU has them,
@@ -29,7 +29,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("quant_matmul.c", "ops.c", "threads.c")
+SOURCES = ("quant_matmul.c", "ops.c", "threads.c", "gguf_strings.c")
 FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fPIC", "-shared", "-ffp-contract=off",
          "-std=gnu11", "-pthread")
 MODE_VARIABLE = "MISTRALRS_CPU_KERNELS"
@@ -55,6 +55,7 @@ SIGNATURES = {
     "mrs_paged_decode_attention": (None, [_P, _L, _L, _P, _L, _L, _L, _P, _L, _L, _L, _I, _P, _P,
                                           _L, _I, _I, _I, _I, _I, _I, _F, _I, _F, _P, _P, _I]),
     "mrs_decode_attention_scratch": (_L, [_I, _I, _I]),
+    "mrs_gguf_strings": (_L, [_P, _L, _L, _L, _P, ctypes.POINTER(_L)]),
     "mrs_argmax_rows": (None, [_P, _L, _L, _L, _P, _P]),
     "mrs_store_kv": (None, [_P, _L, _L, _P, _L, _L, _P, _L, _L, _L, _P, _L, _L, _L, _I, _P, _L,
                             _I, _I, _I, _I]),
