@@ -35,9 +35,12 @@ def weight_mapper(config: GemmaConfig, fmt: str):
 
 
 def _gemma_architecture(name: str, parse_config: str, hf: str, gguf: str, description: str):
-    return Architecture(name=name, parse_config=lazy(f"mistralrs_arch_gemma.config:{parse_config}"), weight_mapper=weight_mapper,
-                        build_model=lazy("mistralrs_arch_gemma.model:build_model"), hf_architectures=(hf,),
-                        gguf_architectures=(gguf,), description=description)
+    return Architecture(name=name,
+                        parse_config=lazy(f"mistralrs_arch_gemma.config:{parse_config}"),
+                        weight_mapper=weight_mapper,
+                        build_model=lazy("mistralrs_arch_gemma.model:build_model"),
+                        hf_architectures=(hf,), gguf_architectures=(gguf,),
+                        description=description)
 
 
 GEMMA = _gemma_architecture("Gemma", "parse_gemma", "GemmaForCausalLM", "gemma",
