@@ -366,6 +366,23 @@ def test_real_model_reads_as_gguf_py_reads_it():
     assert_reads_as_gguf_py(gguf, path)
 
 
+def test_float_tensors_are_copied_out_of_the_file_mapping():
+    """A float tensor that stayed a view would fault the released file pages back in (64 KiB
+    around each), packed weights are views that the repacking reads once."""
+    gguf = GGUFFile.open([default_model_path()])
+    start = np.frombuffer(gguf.parts[0].buffer, np.uint8).ctypes.data
+    end = start + len(gguf.parts[0].buffer)
+    kinds = {"float": 0, "packed": 0}
+    for _, tensor in gguf.tensors():
+        if isinstance(tensor, QuantizedTensor):
+            assert start <= tensor.packed.data_ptr() < end
+            kinds["packed"] += 1
+        else:
+            assert not start <= tensor.data_ptr() < end
+            kinds["float"] += 1
+    assert kinds["float"] == 61 and kinds["packed"] == 211  # SmolLM2: 2 norms a layer + 1
+
+
 @pytest.mark.parametrize("texts", [
     ["", "a", "Ġthe", "é", "日本語", "<|im_end|>", "x" * 300],
     ["plain", "with\0nul", "after"],  # a NUL: the native pass leaves it to the careful loop
