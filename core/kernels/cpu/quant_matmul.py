@@ -83,7 +83,7 @@ def repack(packed: torch.Tensor, qtype: Q,
         if release_rows is not None:
             release_rows(first, first + rows)
     if pending is not None:
-        pending.append(packed)  # read by the background thread until the context exits
+        pending.append((packed, data))  # in use by the background thread until the context exits
     return RepackedWeight(qtype, n, k, data)
 
 
