@@ -6,6 +6,7 @@ reading the Gemma GGUF's 262k-token vocabulary takes seconds.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import random
@@ -23,6 +24,7 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 from golden import golden
 from mistralrs.default_model import default_model_path
 from mistralrs.errors import ChatTemplateError, ModelFormatError, TokenizerError
+from mistralrs.kernels import cpu
 from mistralrs.loading.gguf_tokenizer import build_gguf_tokenizer
 from mistralrs.loading.tokenizer import Tokenizer
 
@@ -333,9 +335,28 @@ MALFORMED = [
 
 @pytest.mark.parametrize("base, change, message", [m[1:] for m in MALFORMED],
                          ids=[m[0] for m in MALFORMED])
-def test_malformed_metadata_raises_model_format_error(base, change, message):
-    with pytest.raises(ModelFormatError, match=message):
-        Tokenizer.from_gguf_metadata(change(base()))
+@pytest.mark.parametrize("kernels", ["native", "reference"])
+def test_malformed_metadata_raises_model_format_error(base, change, message, kernels):
+    """Merges are checked by the native kernels where they are built, else in Python."""
+    with cpu.reference_mode() if kernels == "reference" else contextlib.nullcontext():
+        with pytest.raises(ModelFormatError, match=message):
+            Tokenizer.from_gguf_metadata(change(base()))
+
+
+@pytest.mark.parametrize("kernels", ["native", "reference"])
+def test_merges_of_multibyte_characters_and_of_a_token_with_a_nul(kernels):
+    """Halves of several bytes a character, a space as the first character, and a NUL in a
+    token (which the native check cannot take: the check is then Python's) are all read as
+    Python splits them."""
+    tokens = [*GPT2_ALPHABET, "日", "日日", "日日日", " ", "  ", "a\0", "a\0b", "<|end|>"]
+    metadata = {**byte_level_metadata(), "tokenizer.ggml.tokens": tokens,
+                "tokenizer.ggml.token_type": [1] * len(tokens),
+                "tokenizer.ggml.merges": ["日 日", "日 日日", "   ", "a\0 b"]}
+    with cpu.reference_mode() if kernels == "reference" else contextlib.nullcontext():
+        Tokenizer.from_gguf_metadata(metadata)
+        for bad in ["日日 x", "日日 ", "  "]:
+            with pytest.raises(ModelFormatError, match=repr(bad)):
+                Tokenizer.from_gguf_metadata({**metadata, "tokenizer.ggml.merges": [bad]})
 
 
 @pytest.mark.parametrize("change, message", [

@@ -1,5 +1,6 @@
 """Builds and loads the native CPU kernels (`quant_matmul.c`, `ops.c`, `threads.c`, and
-`gguf_strings.c`, the one pass over a GGUF string array) as one shared library, called through ctypes.
+`gguf_strings.c`: GGUF string arrays and BPE merges) as one shared library, called through
+ctypes.
 
 The library is compiled on first use with the machine's C compiler (`$CC`, else `cc`) for the
 machine's own instruction set (`-march=native`: AVX-512 VNNI or AVX2 where the CPU has them,
@@ -56,6 +57,7 @@ SIGNATURES = {
                                           _L, _I, _I, _I, _I, _I, _I, _F, _I, _F, _P, _P, _I]),
     "mrs_decode_attention_scratch": (_L, [_I, _I, _I]),
     "mrs_gguf_strings": (_L, [_P, _L, _L, _L, _P, ctypes.POINTER(_L)]),
+    "mrs_check_merges": (_L, [ctypes.c_char_p, _L, ctypes.c_char_p, _L]),
     "mrs_argmax_rows": (None, [_P, _L, _L, _L, _P, _P]),
     "mrs_store_kv": (None, [_P, _L, _L, _P, _L, _L, _P, _L, _L, _L, _P, _L, _L, _L, _I, _P, _L,
                             _I, _I, _I, _I]),
