@@ -4,7 +4,7 @@ Every installed plugin is imported when the registry is first used, to learn whi
 architectures it registers; a model then needs only one of them. Naming the heavy parts (the
 config dataclasses, the model code) by a lazy reference keeps the import of a plugin cheap
 (vLLM's model registry names its model classes the same way): with eight plugins installed,
-the registry loads in ~15 ms instead of ~55 ms on a slow core.
+the registry loads in 0.02-0.03 s instead of 0.06-0.08 s on the AVX2 VMs.
 """
 from __future__ import annotations
 

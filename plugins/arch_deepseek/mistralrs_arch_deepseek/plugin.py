@@ -125,11 +125,13 @@ def weight_mapper(config: DeepseekConfig, fmt: str):
     return map_name
 
 
+build_model = lazy("mistralrs_arch_deepseek.model:build_model")
+
 DEEPSEEK_V2 = Architecture(
     name="DeepseekV2",
     parse_config=lazy("mistralrs_arch_deepseek.config:parse_deepseek_v2"),
     weight_mapper=weight_mapper,
-    build_model=lazy("mistralrs_arch_deepseek.model:build_model"),
+    build_model=build_model,
     hf_architectures=("DeepseekV2ForCausalLM",),
     gguf_architectures=("deepseek2",),
     description="DeepSeek-V2, V2-Lite, V2.5, Coder-V2: latent attention, softmax-routed MoE",
@@ -138,7 +140,7 @@ DEEPSEEK_V3 = Architecture(
     name="DeepseekV3",
     parse_config=lazy("mistralrs_arch_deepseek.config:parse_deepseek_v3"),
     weight_mapper=weight_mapper,
-    build_model=lazy("mistralrs_arch_deepseek.model:build_model"),
+    build_model=build_model,
     hf_architectures=("DeepseekV3ForCausalLM",),
     gguf_architectures=("deepseek2",),
     gguf_matches=lazy("mistralrs_arch_deepseek.config:is_deepseek_v3_gguf"),

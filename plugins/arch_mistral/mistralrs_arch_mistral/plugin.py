@@ -31,20 +31,23 @@ def weight_mapper(config: MistralConfig, fmt: str):
     return llama_style_mapper(GGUF_MOE_NAMES, transforms.get)
 
 
+parse_config = lazy("mistralrs_arch_mistral.config:parse_config")
+build_model = lazy("mistralrs_arch_mistral.model:build_model")
+
 MISTRAL = Architecture(
     name="Mistral",
-    parse_config=lazy("mistralrs_arch_mistral.config:parse_config"),
+    parse_config=parse_config,
     weight_mapper=weight_mapper,
-    build_model=lazy("mistralrs_arch_mistral.model:build_model"),
+    build_model=build_model,
     hf_architectures=("MistralForCausalLM",),
     description="Mistral 7B, Mistral NeMo and compatible dense models (sliding-window attention)",
 )
 
 MIXTRAL = Architecture(
     name="Mixtral",
-    parse_config=lazy("mistralrs_arch_mistral.config:parse_config"),
+    parse_config=parse_config,
     weight_mapper=weight_mapper,
-    build_model=lazy("mistralrs_arch_mistral.model:build_model"),
+    build_model=build_model,
     hf_architectures=("MixtralForCausalLM",),
     gguf_architectures=("llama",),
     gguf_matches=lazy("mistralrs_arch_mistral.config:is_mixtral_gguf"),

@@ -102,6 +102,8 @@ def _weight_mapper(gguf_per_layer: dict[str, str]):
     return weight_mapper
 
 
+build_phi3 = lazy("mistralrs_arch_phi.model:build_phi3")
+
 PHI2 = Architecture(
     name="Phi2",
     parse_config=lazy("mistralrs_arch_phi.config:parse_phi2"),
@@ -115,7 +117,7 @@ PHI3 = Architecture(
     name="Phi3",
     parse_config=lazy("mistralrs_arch_phi.config:parse_phi3"),
     weight_mapper=_weight_mapper(_GGUF_PHI3),
-    build_model=lazy("mistralrs_arch_phi.model:build_phi3"),
+    build_model=build_phi3,
     hf_architectures=("Phi3ForCausalLM",),
     gguf_architectures=("phi3",),
     description="Phi-3, Phi-3.5, Phi-4 dense: fused projections, longrope (128k models)",
@@ -124,7 +126,7 @@ PHI3_5_MOE = Architecture(
     name="Phi3_5MoE",
     parse_config=lazy("mistralrs_arch_phi.config:parse_phimoe"),
     weight_mapper=_weight_mapper(_GGUF_PHI3),
-    build_model=lazy("mistralrs_arch_phi.model:build_phi3"),
+    build_model=build_phi3,
     hf_architectures=("PhiMoEForCausalLM", "PhimoeForCausalLM"),
     gguf_architectures=("phimoe",),
     description="Phi-3.5-MoE: 16 experts, sparsemixer top-2 routing, LayerNorm, biases",

@@ -18,11 +18,13 @@ def weight_mapper(config: QwenConfig, fmt: str):
     return llama_style_mapper()
 
 
+build_model = lazy("mistralrs_arch_qwen.model:build_model")
+
 QWEN2 = Architecture(
     name="Qwen2",
     parse_config=lazy("mistralrs_arch_qwen.config:parse_qwen2"),
     weight_mapper=weight_mapper,
-    build_model=lazy("mistralrs_arch_qwen.model:build_model"),
+    build_model=build_model,
     hf_architectures=("Qwen2ForCausalLM",),
     gguf_architectures=("qwen2",),
     description="Qwen2 and Qwen2.5: biased q/k/v, optional sliding-window layers",
@@ -31,7 +33,7 @@ QWEN3 = Architecture(
     name="Qwen3",
     parse_config=lazy("mistralrs_arch_qwen.config:parse_qwen3"),
     weight_mapper=weight_mapper,
-    build_model=lazy("mistralrs_arch_qwen.model:build_model"),
+    build_model=build_model,
     hf_architectures=("Qwen3ForCausalLM",),
     gguf_architectures=("qwen3",),
     description="Qwen3 dense: QK-norm, explicit head size",
