@@ -385,7 +385,7 @@ def test_float_tensors_are_copied_out_of_the_file_mapping():
 
 @pytest.mark.parametrize("texts", [
     ["", "a", "Ġthe", "é", "日本語", "<|im_end|>", "x" * 300],
-    ["plain", "with\0nul", "after"],  # a NUL: the native pass leaves it to the careful loop
+    ["plain", "with\0nul", "after"],  # a NUL inside a string, beside the separators
 ], ids=["utf8", "nul"])
 def test_string_arrays_read_as_gguf_py_reads_them_with_and_without_the_kernels(tmp_path, texts):
     path = tmp_path / "strings.gguf"

@@ -419,10 +419,14 @@ def smollm2_original_layout() -> tokenizers.Tokenizer:
     return reference
 
 
-def test_gguf_byte_level_bpe_encodes_like_hf_tokenizers():
+@pytest.mark.parametrize("kernels", ["native", "reference"])
+def test_gguf_byte_level_bpe_encodes_like_hf_tokenizers(kernels):
     """Our BPE over the GGUF's own lists against Hugging Face `tokenizers` over the same lists,
-    on long random texts too: merge order, special tokens, bytes, decoding."""
-    reference, ours = smollm2_original_layout(), gguf_tokenizer(SMOLLM)
+    on long random texts too: merge order, special tokens, bytes, decoding; with the native
+    kernels' tables and with Python's dictionaries."""
+    reference = smollm2_original_layout()
+    with cpu.reference_mode() if kernels == "reference" else contextlib.nullcontext():
+        ours = Tokenizer.from_gguf_metadata(gguf_metadata(SMOLLM))
     texts = [case["text"] for case in golden(SMOLLM)["tokenize"]]
     texts += random_texts(4, 200, TEXTS_WITH_ANY_CHARACTER)
     texts += ["".join(random_texts(5, 40, TEXTS_WITH_ANY_CHARACTER)), " " * 300 + "x",

@@ -8,13 +8,15 @@ spelled in GPT-2's byte alphabet (every UTF-8 byte one printable character) and 
 step joins the adjacent pair with the lowest-ranked merge (the leftmost on equal ranks) until
 no merge applies. With `ignore_merges` (Llama 3) a piece that is itself a token is taken whole.
 
-Building this takes two dictionaries over the file's own strings (tokens and merges), ~25 ms for
-SmolLM2's 49k merges; a Hugging Face BPE built from the same lists takes ~100 ms and twice the
-memory.
+Token lookup and merging go through a table: the native kernels' (`native_bpe.py`: ~2.5 MiB for
+SmolLM2's 49k tokens and merges, built in a few ms) where they are built, else `DictBPETable`'s
+two dictionaries over the strings (~15 MiB, ~25 ms), the reference the native one is tested
+against. A Hugging Face BPE built from the same lists takes ~100 ms and more memory again.
 """
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 import regex
 
@@ -48,22 +50,62 @@ def piece_bytes(piece: str) -> bytes:
         return piece.encode()
 
 
+class BPETable(Protocol):
+    def token_id(self, text: str) -> int | None:
+        """The id of the token spelled `text`, or None."""
+
+    def encode(self, pieces: list[str]) -> list[int]:
+        """The ids of the pieces (spelled in the byte alphabet), each merged on its own."""
+
+
+class DictBPETable:
+    """`BPETable` by Python dictionaries: `vocab` maps token texts to ids, `merges[r]` is the
+    merge of rank r as "left right" (both tokens, their concatenation a token too: the caller
+    checks). Merged pieces are cached."""
+
+    def __init__(self, vocab: dict[str, int], merges: Sequence[str], ignore_merges: bool):
+        self._ids = vocab
+        # the first of two equal merges keeps its rank, as in llama.cpp
+        self._ranks = dict(zip(reversed(merges), range(len(merges) - 1, -1, -1)))
+        self._ignore_merges = ignore_merges
+        self._cache: dict[str, list[int]] = {}
+
+    def token_id(self, text: str) -> int | None:
+        return self._ids.get(text)
+
+    def encode(self, pieces: list[str]) -> list[int]:
+        ids = []
+        for piece in pieces:
+            piece_ids = self._cache.get(piece)
+            if piece_ids is None:
+                if len(self._cache) >= _CACHE_LIMIT:
+                    self._cache.clear()
+                piece_ids = self._cache[piece] = self._merge(piece)
+            ids += piece_ids
+        return ids
+
+    def _merge(self, piece: str) -> list[int]:
+        """The ids of one piece: its characters joined by merge rank."""
+        ids, ranks = self._ids, self._ranks
+        if self._ignore_merges and piece in ids:
+            return [ids[piece]]
+        chars = [char for char in piece if char in ids]  # (as tokenizers: no unknown token)
+        parts = join_pairs(chars, lambda left, right: ranks.get(left + " " + right))
+        return [ids[part] for part in parts]
+
+
 class ByteLevelBPETokenizer:
     """`tokens[i]` is token i's text (in the byte alphabet, or plain text for added tokens),
-    `vocab` its inverse, `merges[r]` the merge of rank r as "left right" (both tokens, their
-    concatenation a token too: the caller checks), `regexes` the pre-tokenizer's splits.
+    `table` looks tokens up and merges pieces, `regexes` are the pre-tokenizer's splits.
     `special_ids` are split out of a text only when special tokens are parsed and skipped by
     `decode(skip_special_tokens=True)`, `user_defined_ids` are split out of every text."""
 
-    def __init__(self, tokens: Sequence[str], vocab: dict[str, int], merges: Sequence[str],
-                 regexes: Sequence[str], special_ids: Iterable[int],
-                 user_defined_ids: Iterable[int], *, ignore_merges: bool, bos_id: int | None,
-                 eos_id: int | None, add_bos: bool, add_eos: bool):
+    def __init__(self, tokens: Sequence[str], table: BPETable, regexes: Sequence[str],
+                 special_ids: Iterable[int], user_defined_ids: Iterable[int], *,
+                 bos_id: int | None, eos_id: int | None, add_bos: bool, add_eos: bool):
         self._tokens = tokens
-        self._ids = vocab
-        self._ranks = dict(zip(merges, range(len(merges))))
+        self._table = table
         self._splits = [regex.compile(pattern) for pattern in regexes]
-        self._ignore_merges = ignore_merges
         self.vocab_size = len(tokens)
         self.special_token_ids = frozenset(special_ids)
         user_defined = [tokens[i] for i in user_defined_ids]
@@ -72,7 +114,6 @@ class ByteLevelBPETokenizer:
         self._split_special = TokenMatcher(user_defined + special)
         self._bos = [bos_id] if add_bos else []
         self._eos = [eos_id] if add_eos else []
-        self._cache: dict[str, list[int]] = {}
 
     # --- encoding ---------------------------------------------------------------------------
 
@@ -82,10 +123,9 @@ class ByteLevelBPETokenizer:
         splitter = self._split_special if parse_special else self._split_always
         for stretch, is_token in splitter.split(text):
             if is_token:
-                ids.append(self._ids[stretch])
-                continue
-            for piece in self.pre_tokenize(stretch):
-                ids += self._piece_ids(piece)
+                ids.append(self._table.token_id(stretch))
+            else:
+                ids += self._table.encode(self.pre_tokenize(stretch))
         return ids + (list(self._eos) if add_special_tokens else [])
 
     def pre_tokenize(self, text: str) -> list[str]:
@@ -107,23 +147,6 @@ class ByteLevelBPETokenizer:
             pieces = cut
         return [piece.encode().decode("latin-1").translate(_SPELL_BYTES) for piece in pieces]
 
-    def _piece_ids(self, piece: str) -> list[int]:
-        ids = self._cache.get(piece)
-        if ids is None:
-            if len(self._cache) >= _CACHE_LIMIT:
-                self._cache.clear()
-            ids = self._cache[piece] = self._merge(piece)
-        return ids
-
-    def _merge(self, piece: str) -> list[int]:
-        """The ids of one piece: its characters joined by merge rank."""
-        ids, ranks = self._ids, self._ranks
-        if self._ignore_merges and piece in ids:
-            return [ids[piece]]
-        chars = [char for char in piece if char in ids]  # (as tokenizers: no unknown token)
-        parts = join_pairs(chars, lambda left, right: ranks.get(left + " " + right))
-        return [ids[part] for part in parts]
-
     # --- decoding ---------------------------------------------------------------------------
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
@@ -139,7 +162,7 @@ class ByteLevelBPETokenizer:
         return False  # every byte is a character of the alphabet, not a token of its own
 
     def token_to_id(self, text: str) -> int | None:
-        return self._ids.get(text)
+        return self._table.token_id(text)
 
     def id_to_token(self, token_id: int) -> str | None:
         return self._tokens[token_id] if 0 <= token_id < self.vocab_size else None

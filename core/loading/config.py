@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mistralrs.errors import ModelFormatError
+from mistralrs.loading.string_array import StringArray
 
 
 def require(raw: dict[str, Any], key: str) -> Any:
@@ -45,7 +46,8 @@ def gguf_config_view(metadata: dict[str, Any]) -> dict[str, Any]:
         raise ModelFormatError("GGUF metadata has no general.architecture")
     prefix = arch + "."
     view = {key[len(prefix):]: value for key, value in metadata.items() if key.startswith(prefix)}
-    if "vocab_size" not in view and isinstance(metadata.get("tokenizer.ggml.tokens"), list):
+    if "vocab_size" not in view and isinstance(metadata.get("tokenizer.ggml.tokens"),
+                                                  (list, StringArray)):
         view["vocab_size"] = len(metadata["tokenizer.ggml.tokens"])
     return view
 

@@ -26,9 +26,10 @@ import gguf
 import numpy as np
 
 from mistralrs.errors import ModelFormatError, TokenizerError
-from mistralrs.kernels.cpu import native
-from mistralrs.loading.byte_level_bpe import ByteLevelBPETokenizer
+from mistralrs.loading.byte_level_bpe import BPETable, ByteLevelBPETokenizer, DictBPETable
+from mistralrs.loading.native_bpe import NativeBPETable
 from mistralrs.loading.sentencepiece import SentencePieceTokenizer
+from mistralrs.loading.string_array import StringArray
 
 logger = logging.getLogger(__name__)
 
@@ -130,16 +131,18 @@ def build_gguf_tokenizer(metadata: Mapping[str, Any]) -> GGUFTokenizer:
     for wanted, key in [(add_bos, _KEY.BOS_ID), (add_eos, _KEY.EOS_ID)]:
         if wanted and special[key] is None:
             raise ModelFormatError(f"GGUF metadata asks to add a token it does not name ({key})")
-    vocab = _vocab(tokens)
     if pre is not None:
+        tokens = tokens if isinstance(tokens, StringArray) else StringArray.of(tokens)
         backend = ByteLevelBPETokenizer(
-            tokens, vocab, _merges(metadata, vocab), _REGEXES[pre.regexes],
+            tokens, _bpe_table(tokens, _merges(metadata), pre.ignore_merges),
+            _REGEXES[pre.regexes],
             ids_of_type(types, _TYPE.CONTROL, _TYPE.UNKNOWN), ids_of_type(types, _TYPE.USER_DEFINED),
-            ignore_merges=pre.ignore_merges, bos_id=special[_KEY.BOS_ID],
-            eos_id=special[_KEY.EOS_ID], add_bos=add_bos, add_eos=add_eos)
+            bos_id=special[_KEY.BOS_ID], eos_id=special[_KEY.EOS_ID], add_bos=add_bos,
+            add_eos=add_eos)
     else:
+        tokens = list(tokens)
         backend = SentencePieceTokenizer(
-            tokens, vocab, _scores(metadata, len(tokens)),
+            tokens, _vocab(tokens), _scores(metadata, len(tokens)),
             ids_of_type(types, _TYPE.CONTROL, _TYPE.UNKNOWN), ids_of_type(types, _TYPE.USER_DEFINED),
             unk_id=special[_KEY.UNK_ID],
             bos_id=special[_KEY.BOS_ID], eos_id=special[_KEY.EOS_ID], add_bos=add_bos,
@@ -196,10 +199,10 @@ def _flag(metadata: Mapping[str, Any], key: str, default: bool) -> bool:
 
 
 def _array(metadata: Mapping[str, Any], key: str, element: type | tuple[type, ...],
-           what: str) -> list | None:
+           what: str) -> Sequence | None:
     value = metadata.get(key)
-    if value is None:
-        return None
+    if value is None or (isinstance(value, StringArray) and element is str):
+        return value
     if isinstance(value, np.ndarray):  # numbers, as the header parser reads them
         numeric_kinds = "iu" if element is int else "iuf"
         if element is str or value.dtype.kind not in numeric_kinds:
@@ -214,11 +217,11 @@ def _array(metadata: Mapping[str, Any], key: str, element: type | tuple[type, ..
     return list(value)
 
 
-def _token_list(metadata: Mapping[str, Any]) -> list[str]:
+def _token_list(metadata: Mapping[str, Any]) -> Sequence[str]:
     tokens = _array(metadata, _KEY.LIST, str, "strings")
     if not tokens:
         raise ModelFormatError(f"GGUF metadata has no tokens ({_KEY.LIST})")
-    if all(tokens):
+    if (tokens.lengths().all() if isinstance(tokens, StringArray) else all(tokens)):
         return tokens
     # llama.cpp names empty tokens this way; an empty string cannot be a vocabulary entry.
     return [text or f"[EMPTY_{token_id}]" for token_id, text in enumerate(tokens)]
@@ -248,37 +251,28 @@ def _scores(metadata: Mapping[str, Any], n_tokens: int) -> list[float]:
     return scores
 
 
-def _merges(metadata: Mapping[str, Any], vocab: dict[str, int]) -> list[str]:
-    """The merges as "left right" strings, checked: two tokens whose concatenation is a token.
-    (The separator is the first space after the first character: a token may be a space.)"""
+def _merges(metadata: Mapping[str, Any]) -> StringArray:
     merges = _array(metadata, _KEY.MERGES, str, "strings")
     if merges is None:
         raise ModelFormatError(f"a BPE GGUF tokenizer needs {_KEY.MERGES}")
-    first_bad = _native_merge_check(merges, vocab)
-    if first_bad == -1:
-        return merges
-    known = vocab.__contains__  # the loop names the bad merge (checks all without the kernels)
-    candidates = merges if first_bad is None else merges[first_bad:]
-    problem = next((p for merge in candidates if (p := _merge_problem(merge, known))), None)
+    return merges if isinstance(merges, StringArray) else StringArray.of(merges)
+
+
+def _bpe_table(tokens: StringArray, merges: StringArray, ignore_merges: bool) -> BPETable:
+    """The native kernels' tables where they are built and the vocabulary is sound; else the
+    checks in Python, which name what is wrong (a repeated token; a merge that is not two tokens
+    whose concatenation is a token, split at the first space after the first character: a
+    token may be a space), and Python's dictionaries."""
+    table = NativeBPETable.build(tokens, merges, ignore_merges)
+    if table is not None:
+        return table
+    token_list, merge_list = tokens.tolist(), merges.tolist()
+    vocab = _vocab(token_list)
+    known = vocab.__contains__
+    problem = next((p for merge in merge_list if (p := _merge_problem(merge, known))), None)
     if problem is not None:
         raise ModelFormatError(problem)
-    return merges
-
-
-def _native_merge_check(merges: list[str], vocab: dict[str, int]) -> int | None:
-    """The index of the first bad merge by the native kernels' check (-1: none): ~25 ms for
-    SmolLM2's 49k merges with the joining of the texts, where a loop in Python takes 60-100 ms;
-    None where the kernels are not built here or the texts hold a NUL (the check takes
-    NUL-ended texts)."""
-    lib = native.library()
-    if lib is None:
-        return None
-    tokens_text = ("\0".join(vocab) + "\0").encode("utf-8", "surrogatepass")
-    merges_text = ("\0".join(merges) + "\0").encode("utf-8", "surrogatepass")
-    if tokens_text.count(0) != len(vocab) or merges_text.count(0) != len(merges):
-        return None
-    bad = lib.mrs_check_merges(tokens_text, len(vocab), merges_text, len(merges))
-    return None if bad < 0 else bad - 1
+    return DictBPETable(vocab, merge_list, ignore_merges)
 
 
 def _merge_problem(merge: str, known) -> str | None:

@@ -1,0 +1,290 @@
+/* A byte-level BPE vocabulary held by the native kernels: the token texts stay in the caller's
+ * buffer (one UTF-8 buffer and the start of each text), and two open-addressing tables index
+ * them: text -> token id, and (left id, right id) -> (merge rank, joined id). For SmolLM2's 49k
+ * tokens and 49k merges that is ~2.5 MiB where Python's dictionaries of strings and ints take
+ * ~15 MiB, and a piece merges without a Python object per step.
+ *
+ * Merging as Hugging Face's `tokenizers` and llama.cpp do: the piece's characters (each a token;
+ * characters that are not are dropped), then repeatedly the adjacent pair of lowest merge rank,
+ * the leftmost on equal ranks, until no pair has a merge. A heap of candidate pairs over a linked
+ * list of symbols keeps long pieces O(n log n). */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+static uint64_t fnv1a(uint64_t h, const char *text, long long length) {
+    for (long long i = 0; i < length; i++) h = (h ^ (uint8_t)text[i]) * 0x100000001b3ull;
+    return h;
+}
+#define FNV_START 0xcbf29ce484222325ull
+
+/* Bytes of the UTF-8 character that starts with `lead` (1 for a stray continuation byte). */
+static int char_bytes(uint8_t lead) {
+    return lead >= 0xf0 ? 4 : lead >= 0xe0 ? 3 : lead >= 0xc0 ? 2 : 1;
+}
+
+typedef struct {
+    uint64_t key; /* (left id + 1) << 32 | (right id + 1); 0: an empty slot */
+    int32_t rank, joined;
+} merge_slot;
+
+typedef struct {
+    const char *texts;        /* the caller's buffer: token t is texts[starts[t]..starts[t]+lengths[t]) */
+    const long long *starts;
+    const long long *lengths;
+    int32_t *tokens;          /* token slots: an id, or -1 */
+    uint64_t token_mask;
+    merge_slot *merges;
+    uint64_t merge_mask;
+} bpe;
+
+static uint64_t table_size(long long entries) {
+    uint64_t size = 16;
+    while (size < 2 * (uint64_t)entries) size <<= 1;
+    return size;
+}
+
+/* The id of the token whose text is text[0..length), or -1. */
+static int32_t lookup(const bpe *b, const char *text, long long length) {
+    for (uint64_t i = fnv1a(FNV_START, text, length) & b->token_mask;; i = (i + 1) & b->token_mask) {
+        const int32_t t = b->tokens[i];
+        if (t < 0) return -1;
+        if (b->lengths[t] == length && !memcmp(b->texts + b->starts[t], text, length)) return t;
+    }
+}
+
+/* The same for the text of two pieces side by side. */
+static int32_t lookup_pair(const bpe *b, const char *left, long long left_length,
+                           const char *right, long long right_length) {
+    const uint64_t h = fnv1a(fnv1a(FNV_START, left, left_length), right, right_length);
+    for (uint64_t i = h & b->token_mask;; i = (i + 1) & b->token_mask) {
+        const int32_t t = b->tokens[i];
+        if (t < 0) return -1;
+        const char *text = b->texts + b->starts[t];
+        if (b->lengths[t] == left_length + right_length && !memcmp(text, left, left_length)
+            && !memcmp(text + left_length, right, right_length))
+            return t;
+    }
+}
+
+static uint64_t mix(uint64_t key) { /* splitmix64's finalizer */
+    key = (key ^ (key >> 30)) * 0xbf58476d1ce4e5b9ull;
+    key = (key ^ (key >> 27)) * 0x94d049bb133111ebull;
+    return key ^ (key >> 31);
+}
+
+static uint64_t pair_key(int32_t left, int32_t right) {
+    return (uint64_t)(left + 1) << 32 | (uint32_t)(right + 1);
+}
+
+static const merge_slot *find_merge(const bpe *b, int32_t left, int32_t right) {
+    const uint64_t key = pair_key(left, right);
+    for (uint64_t i = mix(key) & b->merge_mask;; i = (i + 1) & b->merge_mask) {
+        const merge_slot *s = &b->merges[i];
+        if (s->key == key) return s;
+        if (!s->key) return 0;
+    }
+}
+
+void mrs_bpe_free(bpe *b) {
+    if (!b) return;
+    free((void *)b->lengths);
+    free(b->tokens);
+    free(b->merges);
+    free(b);
+}
+
+/* The vocabulary of `n_tokens` texts (token t: texts[starts[t]..starts[t+1]-1), each followed by
+ * one separator byte) and `n_merges` merges (likewise in merge_texts/merge_starts, each "left
+ * right", split at the first space after its first character). The buffers `texts` and `starts`
+ * must outlive the vocabulary. *problem is 0, or where the file is wrong 1 + the first token
+ * that repeats an earlier one, or -(1 + the first merge that is not two tokens whose
+ * concatenation is a token) (the caller names it); then, or without memory, NULL. The first of
+ * two merges of one pair keeps its rank, as in llama.cpp. */
+bpe *mrs_bpe_new(const char *texts, const long long *starts, long long n_tokens,
+                 const char *merge_texts, const long long *merge_starts, long long n_merges,
+                 long long *problem) {
+    *problem = 0;
+    bpe *b = calloc(1, sizeof *b);
+    if (!b) return 0;
+    const uint64_t token_slots = table_size(n_tokens), merge_slots = table_size(n_merges);
+    long long *lengths = malloc((n_tokens ? n_tokens : 1) * sizeof *lengths);
+    b->tokens = malloc(token_slots * sizeof *b->tokens);
+    b->merges = calloc(merge_slots, sizeof *b->merges);
+    b->lengths = lengths;
+    if (!lengths || !b->tokens || !b->merges) {
+        mrs_bpe_free(b);
+        return 0;
+    }
+    b->texts = texts;
+    b->starts = starts;
+    b->token_mask = token_slots - 1;
+    b->merge_mask = merge_slots - 1;
+    memset(b->tokens, 0xff, token_slots * sizeof *b->tokens);
+    for (long long t = 0; t < n_tokens && !*problem; t++) {
+        lengths[t] = starts[t + 1] - starts[t] - 1;
+        const char *text = texts + starts[t];
+        uint64_t i = fnv1a(FNV_START, text, lengths[t]) & b->token_mask;
+        for (; b->tokens[i] >= 0; i = (i + 1) & b->token_mask) {
+            const int32_t u = b->tokens[i];
+            if (lengths[u] == lengths[t] && !memcmp(texts + starts[u], text, lengths[t])) {
+                *problem = 1 + t;
+                break;
+            }
+        }
+        b->tokens[i] = (int32_t)t;
+    }
+    for (long long m = 0; m < n_merges && !*problem; m++) {
+        const char *merge = merge_texts + merge_starts[m];
+        const long long length = merge_starts[m + 1] - merge_starts[m] - 1;
+        const long long first = length ? char_bytes((uint8_t)merge[0]) : 0;
+        const char *space = first < length ? memchr(merge + first, ' ', length - first) : 0;
+        const long long left_length = space ? space - merge : 0;
+        const long long right_length = space ? length - left_length - 1 : 0;
+        const int32_t left = space ? lookup(b, merge, left_length) : -1;
+        const int32_t right = right_length ? lookup(b, space + 1, right_length) : -1;
+        const int32_t joined = left >= 0 && right >= 0
+            ? lookup_pair(b, merge, left_length, space + 1, right_length) : -1;
+        if (joined < 0) {
+            *problem = -(1 + m);
+            break;
+        }
+        const uint64_t key = pair_key(left, right);
+        uint64_t i = mix(key) & b->merge_mask;
+        while (b->merges[i].key && b->merges[i].key != key) i = (i + 1) & b->merge_mask;
+        if (!b->merges[i].key) b->merges[i] = (merge_slot){key, (int32_t)m, joined};
+    }
+    if (*problem) {
+        mrs_bpe_free(b);
+        return 0;
+    }
+    return b;
+}
+
+/* The id of the token text[0..length), or -1. */
+long long mrs_bpe_token_id(const bpe *b, const char *text, long long length) {
+    return lookup(b, text, length);
+}
+
+typedef struct {
+    int32_t rank, left, right_id, left_id; /* ordered by rank, then position */
+} candidate;
+
+static int before(const candidate *a, const candidate *b) {
+    return a->rank < b->rank || (a->rank == b->rank && a->left < b->left);
+}
+
+static void push(candidate *heap, long long *n, candidate c) {
+    long long i = (*n)++;
+    while (i > 0 && before(&c, &heap[(i - 1) / 2])) {
+        heap[i] = heap[(i - 1) / 2];
+        i = (i - 1) / 2;
+    }
+    heap[i] = c;
+}
+
+static candidate pop(candidate *heap, long long *n) {
+    const candidate top = heap[0], last = heap[--*n];
+    long long i = 0;
+    for (;;) {
+        long long child = 2 * i + 1;
+        if (child >= *n) break;
+        if (child + 1 < *n && before(&heap[child + 1], &heap[child])) child++;
+        if (!before(&heap[child], &last)) break;
+        heap[i] = heap[child];
+        i = child;
+    }
+    if (*n) heap[i] = last;
+    return top;
+}
+
+typedef struct {
+    int32_t *id;   /* each symbol's token; -1 once joined into the one before it */
+    int32_t *next; /* the following live symbol, or -1 */
+    int32_t *prev;
+    candidate *heap;
+    long long queued;
+} symbols;
+
+static void offer(const bpe *b, symbols *s, int32_t left) {
+    const int32_t right = s->next[left];
+    if (right < 0) return;
+    const merge_slot *m = find_merge(b, s->id[left], s->id[right]);
+    if (m) push(s->heap, &s->queued, (candidate){m->rank, left, s->id[right], s->id[left]});
+}
+
+/* Merges the piece text[0..length) into out; returns the ids written. */
+static long long merge_piece(const bpe *b, const char *text, long long length, int ignore_merges,
+                             symbols *s, int32_t *out) {
+    if (ignore_merges) {
+        const int32_t whole = lookup(b, text, length);
+        if (whole >= 0) {
+            out[0] = whole;
+            return 1;
+        }
+    }
+    int32_t n = 0;
+    for (long long at = 0; at < length;) {
+        long long width = char_bytes((uint8_t)text[at]);
+        if (width > length - at) width = length - at;
+        const int32_t t = lookup(b, text + at, width);
+        if (t >= 0) s->id[n++] = t;
+        at += width;
+    }
+    s->queued = 0;
+    for (int32_t i = 0; i < n; i++) {
+        s->next[i] = i + 1 < n ? i + 1 : -1;
+        s->prev[i] = i - 1;
+    }
+    for (int32_t i = 0; i + 1 < n; i++) offer(b, s, i);
+    while (s->queued) {
+        const candidate c = pop(s->heap, &s->queued);
+        const int32_t right = s->next[c.left];
+        if (s->id[c.left] != c.left_id || right < 0 || s->id[right] != c.right_id)
+            continue; /* one of the two has been joined to something else since */
+        s->id[c.left] = find_merge(b, c.left_id, c.right_id)->joined;
+        s->id[right] = -1;
+        s->next[c.left] = s->next[right];
+        if (s->next[right] >= 0) s->prev[s->next[right]] = c.left;
+        offer(b, s, c.left);
+        if (s->prev[c.left] >= 0) offer(b, s, s->prev[c.left]);
+    }
+    long long written = 0;
+    for (int32_t i = 0; i < n; i++)
+        if (s->id[i] >= 0) out[written++] = s->id[i];
+    return written;
+}
+
+/* The ids of `pieces`: pieces of text back to back, each followed by a NUL (a byte the GPT-2
+ * alphabet never spells), `length` bytes in all. `out` has room for one id per byte. Returns the
+ * ids written, or -1 without memory. */
+long long mrs_bpe_encode(const bpe *b, const char *pieces, long long length, int ignore_merges,
+                         int32_t *out) {
+    long long longest = 0;
+    for (long long at = 0; at < length;) {
+        const char *end = memchr(pieces + at, 0, length - at);
+        const long long piece = end ? end - (pieces + at) : length - at;
+        if (piece > longest) longest = piece;
+        at += piece + 1;
+    }
+    symbols s;
+    s.id = malloc((longest + 1) * 3 * sizeof(int32_t));
+    s.heap = malloc((longest + 1) * 3 * sizeof(candidate));
+    if (!s.id || !s.heap) {
+        free(s.id);
+        free(s.heap);
+        return -1;
+    }
+    s.next = s.id + longest + 1;
+    s.prev = s.next + longest + 1;
+    long long written = 0;
+    for (long long at = 0; at < length;) {
+        const char *end = memchr(pieces + at, 0, length - at);
+        const long long piece = end ? end - (pieces + at) : length - at;
+        written += merge_piece(b, pieces + at, piece, ignore_merges, &s, out + written);
+        at += piece + 1;
+    }
+    free(s.id);
+    free(s.heap);
+    return written;
+}
