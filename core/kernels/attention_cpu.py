@@ -5,7 +5,9 @@ followed by one attention call; prefill loops over sequences (and over chunks of
 bounding the score matrix). The query heads that share a kv head are laid out as extra query
 rows of that kv head ("grouped rows"), so GQA never copies keys or values per query head.
 Everything is computed in fp32 whatever the cache dtype. With float32 or float16 caches,
-storing and decode attention run as one native call each (`mistralrs.kernels.cpu.ops`).
+storing and attention run as one native call each (`mistralrs.kernels.cpu.ops`): decode as
+above, prefill as one decode per query row (`_rows_as_decodes`); the torch code here then serves
+other caches (bfloat16) and the reference mode.
 """
 from __future__ import annotations
 
@@ -39,8 +41,12 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
                     cu_seqlens_q: torch.Tensor, context_lens: torch.Tensor,
                     block_tables: torch.Tensor, *, scale: float, sliding_window: int | None = None,
                     softcap: float | None = None, max_q_len: int | None = None) -> torch.Tensor:
-    out = q.new_empty(q.shape[0], q.shape[1], v_cache.shape[-1])
     q_lens = cu_seqlens_q.diff()
+    if cpu_ops.usable(q) and cpu_ops.usable_cache(k_cache, v_cache):
+        return _rows_as_decodes(q, k_cache, v_cache, cu_seqlens_q, q_lens, context_lens,
+                                block_tables, scale=scale, sliding_window=sliding_window,
+                                softcap=softcap)
+    out = q.new_empty(q.shape[0], q.shape[1], v_cache.shape[-1])
     decoding = (q_lens == 1).nonzero().flatten()
     if len(decoding):
         rows = cu_seqlens_q[decoding].long()
@@ -56,6 +62,22 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
             out[rows] = _prefill_rows(q[rows], first_query_pos + start - cu[seq], k_cache, v_cache,
                                       block_tables[seq], scale, sliding_window, softcap)
     return out
+
+
+def _rows_as_decodes(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                     cu_seqlens_q: torch.Tensor, q_lens: torch.Tensor, context_lens: torch.Tensor,
+                     block_tables: torch.Tensor, **options) -> torch.Tensor:
+    """Every query row as the decode of its own position, in one native call: row t of sequence
+    s attends to the first context_s - (cu_s+1 - t) + 1 positions of s's blocks. The kernel
+    reads the float16 cache in place (no float32 copies of the keys and values) and keeps
+    prefill off torch's attention code, whose pages (~7 MiB) would otherwise join the
+    resident memory."""
+    row_seq = torch.repeat_interleave(torch.arange(len(q_lens)), q_lens)
+    row_context = (context_lens.long()[row_seq] - cu_seqlens_q.long()[row_seq + 1]
+                   + torch.arange(1, q.shape[0] + 1))
+    return cpu_ops.paged_decode_attention(
+        q, k_cache, v_cache, row_context.to(torch.int32),
+        block_tables.index_select(0, row_seq).to(torch.int32), **options)
 
 
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

@@ -2,13 +2,14 @@
 (compiled on a GPU, interpreted on CPU) and the CPU fast path against the reference."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mistralrs.kernels import attention, attention_cpu, attention_reference, attention_triton
+from mistralrs.kernels import attention, attention_cpu, attention_reference, attention_triton, cpu
 
 TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 KEY_TILE = 64 if TRITON_DEVICE == "cuda" else 16
@@ -155,10 +156,13 @@ def test_triton_16_bit_caches_accumulate_in_fp32():
 
 
 @pytest.mark.parametrize("config", CONFIGS)
-def test_cpu_paged_attention_matches_reference(config, monkeypatch):
+@pytest.mark.parametrize("kernels", ["native", "torch"])
+def test_cpu_paged_attention_matches_reference(config, kernels, monkeypatch):
+    """The native kernels take every row as a decode; torch's path, prompts in chunks."""
     monkeypatch.setattr(attention_cpu, "QUERY_CHUNK", 4)  # long prompts go through in chunks
     batch, options = _batch(config, **MIXED)
-    out = attention_cpu.paged_attention(*batch.attention_args(), **options)
+    with cpu.reference_mode() if kernels == "torch" else contextlib.nullcontext():
+        out = attention_cpu.paged_attention(*batch.attention_args(), **options)
     expected = attention_reference.paged_attention(*batch.attention_args(), **options)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
@@ -176,24 +180,24 @@ def test_cpu_decode_matches_reference(config, gather_bytes, monkeypatch):
 
 
 @pytest.mark.parametrize("sliding_window", [1, 2, 3, 4, 5, 7, 9])
-@pytest.mark.parametrize("implementation", [attention_cpu, attention_triton], ids=["cpu", "triton"])
+@pytest.mark.parametrize("implementation", ["cpu-native", "cpu-torch", "triton"])
 def test_sliding_window_edges_against_reference(implementation, sliding_window, monkeypatch):
     """Every window-start offset within a cache block (size 4), and within a prompt chunk."""
     monkeypatch.setattr(attention_cpu, "QUERY_CHUNK", 3)
     shapes = dict(num_q_heads=2, num_kv_heads=1, head_dim=16, block_size=4)
     batch = make_batch(q_lens=[10, 1, 1], context_lens=[21, 14, 17], **shapes)
     decode = make_batch(q_lens=[1] * 4, context_lens=[21, 14, 17, 2], **shapes)
-    device = TRITON_DEVICE if implementation is attention_triton else "cpu"
-    batch, decode = batch.to(device), decode.to(device)
     options = dict(scale=0.25, sliding_window=sliding_window)
-    torch.testing.assert_close(
-        implementation.paged_attention(*batch.attention_args(), **options),
-        attention_reference.paged_attention(*batch.attention_args(), **options),
-        atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(
-        implementation.paged_decode_attention(*decode.decode_args(), **options),
-        attention_reference.paged_decode_attention(*decode.decode_args(), **options),
-        atol=1e-5, rtol=1e-5)
+    expected = (attention_reference.paged_attention(*batch.attention_args(), **options),
+                attention_reference.paged_decode_attention(*decode.decode_args(), **options))
+    module = attention_triton if implementation == "triton" else attention_cpu
+    device = TRITON_DEVICE if implementation == "triton" else "cpu"
+    batch, decode = batch.to(device), decode.to(device)
+    with cpu.reference_mode() if implementation == "cpu-torch" else contextlib.nullcontext():
+        out = (module.paged_attention(*batch.attention_args(), **options),
+               module.paged_decode_attention(*decode.decode_args(), **options))
+    for got, want in zip(out, expected):
+        torch.testing.assert_close(got.cpu(), want, atol=1e-5, rtol=1e-5)
 
 
 def test_cpu_path_computes_bfloat16_caches_in_fp32():

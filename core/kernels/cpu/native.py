@@ -55,7 +55,7 @@ SIGNATURES = {
     "mrs_gated_activation": (None, [_P, _P, _L, _L, _I, _I, _P, _I]),
     "mrs_paged_decode_attention": (None, [_P, _L, _L, _P, _L, _L, _L, _P, _L, _L, _L, _I, _P, _P,
                                           _L, _I, _I, _I, _I, _I, _I, _F, _I, _F, _P, _P, _I]),
-    "mrs_decode_attention_scratch": (_L, [_I, _I, _I]),
+    "mrs_decode_attention_scratch": (_L, [_I, _I, _I, _I, _I]),
     "mrs_gguf_strings": (_L, [_P, _L, _L, _L, _P, _P, ctypes.POINTER(_L)]),
     "mrs_bpe_new": (_P, [ctypes.c_char_p, _P, _L, ctypes.c_char_p, _P, _L, ctypes.POINTER(_L)]),
     "mrs_bpe_free": (None, [_P]),

@@ -518,6 +518,13 @@ static void decode_part(void *arg, int part, int parts) {
     else decode_items(c, part, parts, 0);
 }
 
+/* Slices a context may be split into: enough items for two a thread, at most MAX_SPLITS. */
+static int max_splits(long long tasks, int nthreads) {
+    int splits = 1;
+    while (tasks * splits < 2 * nthreads && splits < MRS_DECODE_MAX_SPLITS) splits *= 2;
+    return splits;
+}
+
 void mrs_paged_decode_attention(const float *q, long long q_b, long long q_h,
                                 const void *k_cache, long long kb, long long ks, long long kh,
                                 const void *v_cache, long long vb, long long vs, long long vh,
@@ -532,9 +539,7 @@ void mrs_paged_decode_attention(const float *q, long long q_b, long long q_h,
     const long long tasks = (long long)batch * kv_heads;
     int longest = 0;
     for (int b = 0; b < batch; b++) longest = context_lens[b] > longest ? context_lens[b] : longest;
-    while (tasks * c.splits < 2 * nthreads && c.splits < MRS_DECODE_MAX_SPLITS
-           && longest / (2 * c.splits) >= 64)
-        c.splits *= 2;
+    while (c.splits < max_splits(tasks, nthreads) && longest / (2 * c.splits) >= 64) c.splits *= 2;
     c.items = tasks * c.splits;
     mrs_parallel(decode_part, &c, c.items > 1 ? nthreads : 1);
     for (long long task = 0; task < tasks; task++)
@@ -558,9 +563,10 @@ void mrs_paged_decode_attention(const float *q, long long q_b, long long q_h,
         }
 }
 
-/* Floats of scratch `partial` that mrs_paged_decode_attention needs. */
-long long mrs_decode_attention_scratch(int batch, int q_heads, int dv) {
-    return (long long)batch * q_heads * MRS_DECODE_MAX_SPLITS * (2 + dv);
+/* Floats of scratch `partial` that mrs_paged_decode_attention needs, for any context lengths
+ * (a recorded decode step is replayed as its contexts grow). */
+long long mrs_decode_attention_scratch(int batch, int q_heads, int kv_heads, int dv, int nthreads) {
+    return (long long)batch * q_heads * max_splits((long long)batch * kv_heads, nthreads) * (2 + dv);
 }
 
 static void to_fp16(uint16_t *dst, const float *src, int n) {

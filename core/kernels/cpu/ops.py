@@ -111,7 +111,8 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     dv = v_cache.shape[3]
     lib = native.library()
     out = torch.empty(batch, q_heads, dv)
-    partial = scratch_bytes(4 * lib.mrs_decode_attention_scratch(batch, q_heads, dv))
+    partial = scratch_bytes(4 * lib.mrs_decode_attention_scratch(batch, q_heads, k_cache.shape[2],
+                                                                 dv, threads()))
     native.call(lib.mrs_paged_decode_attention, q.data_ptr(), q.stride(0), q.stride(1),
                 k_cache.data_ptr(), *k_cache.stride()[:3], v_cache.data_ptr(),
                 *v_cache.stride()[:3], int(k_cache.dtype == torch.float16),
