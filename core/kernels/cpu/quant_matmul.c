@@ -490,29 +490,80 @@ static act_row_t act_row(uint8_t *base, long long k, long long r) {
     return a;
 }
 
+/* The largest |x[i]| of x[0..n) (n a multiple of 16). */
+static float abs_max(const float *x, int n) {
+    int i = 0;
+    float amax = 0.0f;
+#if MRS_AVX512
+    __m512 m = _mm512_setzero_ps();
+    for (; i < n; i += 16) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(x + i)));
+    amax = _mm512_reduce_max_ps(m);
+#elif MRS_AVX2
+    const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 m = _mm256_setzero_ps();
+    for (; i < n; i += 8) m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(x + i), magnitude));
+    float lanes[8];
+    _mm256_storeu_ps(lanes, m);
+    for (int j = 0; j < 8; j++) amax = lanes[j] > amax ? lanes[j] : amax;
+#endif
+    for (; i < n; i++) amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
+    return amax;
+}
+
+/* q[i] = min(round(x[i] * id), 127) for i < 16 (rounding half to even, as nearbyintf in the
+ * default mode); returns their sum. */
+static int32_t quantize16(const float *x, float id, int8_t *q) {
+#if MRS_AVX512
+    const __m512 v = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_loadu_ps(x), _mm512_set1_ps(id)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512i codes = _mm512_cvtps_epi32(_mm512_min_ps(v, _mm512_set1_ps(127.0f)));
+    _mm_storeu_si128((__m128i *)q, _mm512_cvtepi32_epi8(codes));
+    return _mm512_reduce_add_epi32(codes);
+#elif MRS_AVX2
+    __m256i codes[2];
+    for (int h = 0; h < 2; h++) {
+        const __m256 v = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * h), _mm256_set1_ps(id)),
+                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        codes[h] = _mm256_cvtps_epi32(_mm256_min_ps(v, _mm256_set1_ps(127.0f)));
+    }
+    /* int32 -> int16 -> int8, each pack interleaving 128-bit lanes: permute them back */
+    const __m256i words = _mm256_permute4x64_epi64(_mm256_packs_epi32(codes[0], codes[1]), 0xD8);
+    _mm_storeu_si128((__m128i *)q, _mm_packs_epi16(_mm256_castsi256_si128(words),
+                                                   _mm256_extracti128_si256(words, 1)));
+    const __m256i sum = _mm256_add_epi32(codes[0], codes[1]);
+    int32_t lanes[8], total = 0;
+    _mm256_storeu_si256((__m256i *)lanes, sum);
+    for (int j = 0; j < 8; j++) total += lanes[j];
+    return total;
+#else
+    int32_t total = 0;
+    for (int i = 0; i < 16; i++) {
+        int v = (int)nearbyintf(x[i] * id);
+        q[i] = (int8_t)(v > 127 ? 127 : v);
+        total += q[i];
+    }
+    return total;
+#endif
+}
+
 static void quantize_row(const float *x, long long k, int group, act_row_t a) {
     for (long long g0 = 0; g0 < k; g0 += group) {
-        float amax = 0.0f, max = 0.0f;
-        for (int i = 0; i < group; i++)
-            if (fabsf(x[g0 + i]) > amax) { amax = fabsf(x[g0 + i]); max = x[g0 + i]; }
+        const float amax = abs_max(x + g0, group);
         float d, id;
         if (group == BLOCK) { /* Q8_0 */
             d = amax / 127.0f;
             id = d != 0.0f ? 1.0f / d : 0.0f;
-        } else { /* Q8_K */
+        } else { /* Q8_K: the scale takes the sign of the first x of the largest magnitude */
+            float max = 0.0f;
+            for (int i = 0; i < group && amax > 0.0f; i++)
+                if (fabsf(x[g0 + i]) == amax) { max = x[g0 + i]; break; }
             id = amax != 0.0f ? -127.0f / max : 0.0f;
             d = amax != 0.0f ? 1.0f / id : 0.0f;
         }
         for (long long b = g0 / BLOCK; b < (g0 + group) / BLOCK; b++) {
             int32_t s32 = 0;
             for (int h = 0; h < 2; h++) {
-                int32_t s = 0;
-                for (int i = 16 * h; i < 16 * h + 16; i++) {
-                    int v = (int)nearbyintf(x[b * BLOCK + i] * id);
-                    v = v > 127 ? 127 : v;
-                    a.q[b * BLOCK + i] = (int8_t)v;
-                    s += v;
-                }
+                const int32_t s = quantize16(x + b * BLOCK + 16 * h, id, a.q + b * BLOCK + 16 * h);
                 a.sum16[2 * b + h] = s;
                 a.dsum16[2 * b + h] = d * (float)s;
                 s32 += s;
