@@ -8,7 +8,7 @@ spelled in GPT-2's byte alphabet (every UTF-8 byte one printable character) and 
 step joins the adjacent pair with the lowest-ranked merge (the leftmost on equal ranks) until
 no merge applies. With `ignore_merges` (Llama 3) a piece that is itself a token is taken whole.
 
-Token lookup and merging go through a table: the native kernels' (`native_bpe.py`: ~2.5 MiB for
+Token lookup and merging go through a table: the native kernels' (`native_vocab.py`: ~2.5 MiB for
 SmolLM2's 49k tokens and merges, built in a few ms) where they are built, else `DictBPETable`'s
 two dictionaries over the strings (~15 MiB, ~25 ms), the reference the native one is tested
 against. A Hugging Face BPE built from the same lists takes ~100 ms and more memory again.

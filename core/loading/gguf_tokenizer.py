@@ -27,8 +27,9 @@ import numpy as np
 
 from mistralrs.errors import ModelFormatError, TokenizerError
 from mistralrs.loading.byte_level_bpe import BPETable, ByteLevelBPETokenizer, DictBPETable
-from mistralrs.loading.native_bpe import NativeBPETable
-from mistralrs.loading.sentencepiece import SentencePieceTokenizer
+from mistralrs.loading.native_vocab import NativeBPETable, NativeSentencePieceTable
+from mistralrs.loading.sentencepiece import (DictSentencePieceTable, SentencePieceTable,
+                                             SentencePieceTokenizer)
 from mistralrs.loading.string_array import StringArray
 
 logger = logging.getLogger(__name__)
@@ -131,8 +132,8 @@ def build_gguf_tokenizer(metadata: Mapping[str, Any]) -> GGUFTokenizer:
     for wanted, key in [(add_bos, _KEY.BOS_ID), (add_eos, _KEY.EOS_ID)]:
         if wanted and special[key] is None:
             raise ModelFormatError(f"GGUF metadata asks to add a token it does not name ({key})")
+    tokens = tokens if isinstance(tokens, StringArray) else StringArray.of(tokens)
     if pre is not None:
-        tokens = tokens if isinstance(tokens, StringArray) else StringArray.of(tokens)
         backend = ByteLevelBPETokenizer(
             tokens, _bpe_table(tokens, _merges(metadata), pre.ignore_merges),
             _REGEXES[pre.regexes],
@@ -140,11 +141,10 @@ def build_gguf_tokenizer(metadata: Mapping[str, Any]) -> GGUFTokenizer:
             bos_id=special[_KEY.BOS_ID], eos_id=special[_KEY.EOS_ID], add_bos=add_bos,
             add_eos=add_eos)
     else:
-        tokens = list(tokens)
         backend = SentencePieceTokenizer(
-            tokens, _vocab(tokens), _scores(metadata, len(tokens)),
+            tokens, _sentencepiece_table(tokens, _scores(metadata, len(tokens)),
+                                         special[_KEY.UNK_ID]),
             ids_of_type(types, _TYPE.CONTROL, _TYPE.UNKNOWN), ids_of_type(types, _TYPE.USER_DEFINED),
-            unk_id=special[_KEY.UNK_ID],
             bos_id=special[_KEY.BOS_ID], eos_id=special[_KEY.EOS_ID], add_bos=add_bos,
             add_eos=add_eos, add_space_prefix=_flag(metadata, _KEY.ADD_PREFIX, True))
     end_ids = {special[key] for key in (_KEY.EOS_ID, _KEY.EOT_ID, _KEY.EOM_ID)} - {None}
@@ -242,13 +242,14 @@ def _token_types(metadata: Mapping[str, Any], n_tokens: int) -> np.ndarray:
     return np.asarray(types, dtype=np.int64)
 
 
-def _scores(metadata: Mapping[str, Any], n_tokens: int) -> list[float]:
+def _scores(metadata: Mapping[str, Any], n_tokens: int) -> np.ndarray:
+    """float32 [n_tokens]."""
     scores = _array(metadata, _KEY.SCORES, (int, float), "numbers")
     if scores is None or len(scores) != n_tokens:
         raise ModelFormatError(f"a SentencePiece GGUF tokenizer needs one score per token in "
                                f"{_KEY.SCORES}; found {0 if scores is None else len(scores)} "
                                f"for {n_tokens} tokens")
-    return scores
+    return np.asarray(scores, np.float32)
 
 
 def _merges(metadata: Mapping[str, Any]) -> StringArray:
@@ -273,6 +274,16 @@ def _bpe_table(tokens: StringArray, merges: StringArray, ignore_merges: bool) ->
     if problem is not None:
         raise ModelFormatError(problem)
     return DictBPETable(vocab, merge_list, ignore_merges)
+
+
+def _sentencepiece_table(tokens: StringArray, scores: np.ndarray,
+                         unk_id: int | None) -> SentencePieceTable:
+    """The native kernels' table where they are built and no token repeats; else Python's
+    dictionary (its check names a repeated token)."""
+    table = NativeSentencePieceTable.build(tokens, scores, unk_id)
+    if table is not None:
+        return table
+    return DictSentencePieceTable(_vocab(tokens.tolist()), scores, unk_id)
 
 
 def _merge_problem(merge: str, known) -> str | None:

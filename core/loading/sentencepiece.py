@@ -9,14 +9,17 @@ pairwise: every step joins the adjacent pair whose concatenation is the highest-
 (the leftmost pair on equal scores). A character that is no token is spelled with `<0xNN>` byte
 tokens (or the unknown token where the vocabulary has none).
 
-Building this takes one dictionary of the vocabulary: a Hugging Face BPE equivalent needs every
-(left, right) split of every token as a ranked merge, which for a 262k-token vocabulary takes
-seconds to derive and ~100 MiB to hold.
+Token lookup and merging go through a table: the native kernels' (`native_vocab.py`) where they
+are built, else `DictSentencePieceTable`'s dictionary of the vocabulary, the reference the
+native one is tested against. (A Hugging Face BPE equivalent needs every (left, right) split of
+every token as a ranked merge, which for a 262k-token vocabulary takes seconds to derive and
+~100 MiB to hold.)
 """
 from __future__ import annotations
 
 import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -26,56 +29,39 @@ from mistralrs.loading.token_matcher import TokenMatcher
 SPACE_MARK = "\u2581"  # "▁": how SentencePiece spells a space
 
 
-class SentencePieceTokenizer:
-    """`tokens[i]` is token i's text, `scores[i]` its merge priority; `special_ids` are the
-    control and unknown tokens (split out of a text only when special tokens are parsed,
-    skipped by `decode(skip_special_tokens=True)`), `user_defined_ids` those split out of every
-    text."""
+def byte_token_ids(token_id: Callable[[str], int | None]) -> list[int] | None:
+    """The ids of the 256 byte tokens `<0x00>`..`<0xFF>`, or None where some is missing."""
+    ids = [token_id(f"<0x{byte:02X}>") for byte in range(256)]
+    return None if None in ids else ids
 
-    def __init__(self, tokens: Sequence[str], vocab: dict[str, int], scores: Sequence[float],
-                 special_ids: Iterable[int], user_defined_ids: Iterable[int], *,
-                 unk_id: int | None, bos_id: int | None,
-                 eos_id: int | None, add_bos: bool, add_eos: bool, add_space_prefix: bool):
-        """`vocab` maps each token's text to its id (the inverse of `tokens`)."""
-        self._tokens = list(tokens)
+
+class SentencePieceTable(Protocol):
+    byte_ids: list[int] | None
+
+    def token_id(self, text: str) -> int | None:
+        """The id of the token spelled `text`, or None."""
+
+    def encode(self, text: str) -> list[int]:
+        """The ids of one stretch of text (spaces already spelled "▁")."""
+
+
+class DictSentencePieceTable:
+    """`SentencePieceTable` by a Python dictionary: `vocab` maps token texts to ids, `scores[i]`
+    is token i's merge priority; a piece that is no token is spelled in byte tokens, else
+    becomes `unk_id` (None: nothing)."""
+
+    def __init__(self, vocab: dict[str, int], scores: np.ndarray, unk_id: int | None):
         self._ids = vocab
-        # compact, as float32: a vocabulary has hundreds of thousands of them
-        self._scores = array.array("f", np.asarray(scores, dtype=np.float32).tobytes())
-        self.vocab_size = len(self._tokens)
-        self.special_token_ids = frozenset(special_ids)
-        user_defined = [self._tokens[i] for i in user_defined_ids]
-        special = [self._tokens[i] for i in self.special_token_ids]
-        self._split_always = TokenMatcher(user_defined)
-        self._split_special = TokenMatcher(user_defined + special)
-        byte_ids = [self._ids.get(f"<0x{byte:02X}>") for byte in range(256)]
-        self._byte_ids = byte_ids if None not in byte_ids else None
-        self._byte_of = {token_id: byte for byte, token_id in enumerate(byte_ids or [])}
+        self._scores = array.array("f", scores.astype(np.float32).tobytes())
+        self.byte_ids = byte_token_ids(vocab.get)
         self._unk_id = unk_id
-        self._bos = [bos_id] if add_bos else []
-        self._eos = [eos_id] if add_eos else []
-        self._add_space_prefix = add_space_prefix
 
-    # --- encoding ---------------------------------------------------------------------------
+    def token_id(self, text: str) -> int | None:
+        return self._ids.get(text)
 
-    def encode(self, text: str, add_special_tokens: bool = True,
-               parse_special: bool = True) -> list[int]:
-        ids = list(self._bos) if add_special_tokens else []
-        after_special = True
-        splitter = self._split_special if parse_special else self._split_always
-        for piece, is_token in splitter.split(text):
-            if is_token:
-                ids.append(self._ids[piece])
-                after_special = True
-                continue
-            if self._add_space_prefix and after_special:
-                piece = " " + piece
-            ids += self._join_pairs(piece.replace(" ", SPACE_MARK))
-            after_special = False
-        return ids + (list(self._eos) if add_special_tokens else [])
-
-    def _join_pairs(self, text: str) -> list[int]:
-        """llama.cpp's SentencePiece merging of one stretch of text: the pair whose
-        concatenation is the highest-scoring token first."""
+    def encode(self, text: str) -> list[int]:
+        """llama.cpp's SentencePiece merging: the pair whose concatenation is the
+        highest-scoring token first."""
         ids, scores = self._ids, self._scores
 
         def priority(left: str, right: str) -> float | None:
@@ -89,9 +75,51 @@ class SentencePieceTokenizer:
         return out
 
     def _spell_unknown(self, character: str) -> list[int]:
-        if self._byte_ids is not None:
-            return [self._byte_ids[byte] for byte in character.encode()]
+        if self.byte_ids is not None:
+            return [self.byte_ids[byte] for byte in character.encode()]
         return [] if self._unk_id is None else [self._unk_id]
+
+
+class SentencePieceTokenizer:
+    """`tokens[i]` is token i's text, `table` looks tokens up and merges; `special_ids` are the
+    control and unknown tokens (split out of a text only when special tokens are parsed,
+    skipped by `decode(skip_special_tokens=True)`), `user_defined_ids` those split out of every
+    text."""
+
+    def __init__(self, tokens: Sequence[str], table: SentencePieceTable,
+                 special_ids: Iterable[int], user_defined_ids: Iterable[int], *,
+                 bos_id: int | None, eos_id: int | None, add_bos: bool, add_eos: bool,
+                 add_space_prefix: bool):
+        self._tokens = tokens
+        self._table = table
+        self.vocab_size = len(self._tokens)
+        self.special_token_ids = frozenset(special_ids)
+        user_defined = [self._tokens[i] for i in user_defined_ids]
+        special = [self._tokens[i] for i in self.special_token_ids]
+        self._split_always = TokenMatcher(user_defined)
+        self._split_special = TokenMatcher(user_defined + special)
+        self._byte_of = {token_id: byte for byte, token_id in enumerate(table.byte_ids or [])}
+        self._bos = [bos_id] if add_bos else []
+        self._eos = [eos_id] if add_eos else []
+        self._add_space_prefix = add_space_prefix
+
+    # --- encoding ---------------------------------------------------------------------------
+
+    def encode(self, text: str, add_special_tokens: bool = True,
+               parse_special: bool = True) -> list[int]:
+        ids = list(self._bos) if add_special_tokens else []
+        after_special = True
+        splitter = self._split_special if parse_special else self._split_always
+        for piece, is_token in splitter.split(text):
+            if is_token:
+                ids.append(self._table.token_id(piece))
+                after_special = True
+                continue
+            if self._add_space_prefix and after_special:
+                piece = " " + piece
+            ids += self._table.encode(piece.replace(" ", SPACE_MARK))
+            after_special = False
+        return ids + (list(self._eos) if add_special_tokens else [])
 
     # --- decoding ---------------------------------------------------------------------------
 
@@ -126,7 +154,7 @@ class SentencePieceTokenizer:
         return token_id in self._byte_of
 
     def token_to_id(self, text: str) -> int | None:
-        return self._ids.get(text)
+        return self._table.token_id(text)
 
     def id_to_token(self, token_id: int) -> str | None:
         return self._tokens[token_id] if 0 <= token_id < self.vocab_size else None

@@ -1,9 +1,9 @@
 """Many strings in one buffer: a GGUF vocabulary without a Python object per string.
 
 SmolLM2's 49k tokens and 49k merges as lists of `str` take ~6 MiB (and the dictionaries over
-them another ~9); as one UTF-8 buffer and an array of offsets they take ~1.5 MiB, and the native
-BPE tables (`kernels/cpu/bpe.c`) index that buffer in place. A string becomes a `str` only when
-asked for.
+them another ~9); as one UTF-8 buffer and an array of offsets they take ~1.5 MiB, and the
+native vocabulary tables (`kernels/cpu/vocab.c`) index that buffer in place. A string becomes a
+`str` only when asked for.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Builds and loads the native CPU kernels (`quant_matmul.c`, `ops.c`, `threads.c`, and
-`gguf_strings.c`: GGUF string arrays, `bpe.c`: a BPE vocabulary's tables and merging) as one shared library, called through
-ctypes.
+"""Builds and loads the native CPU kernels (`quant_matmul.c`, `ops.c`, `threads.c`,
+`gguf_strings.c`: GGUF string arrays, `vocab.c`: a vocabulary's tables and merging) as one shared
+library, called through ctypes.
 
 The library is compiled on first use with the machine's C compiler (`$CC`, else `cc`) for the
 machine's own instruction set (`-march=native`: AVX-512 VNNI or AVX2 where the CPU has them,
@@ -30,7 +30,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("quant_matmul.c", "ops.c", "threads.c", "gguf_strings.c", "bpe.c")
+SOURCES = ("quant_matmul.c", "ops.c", "threads.c", "gguf_strings.c", "vocab.c")
 FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fPIC", "-shared", "-ffp-contract=off",
          "-std=gnu11", "-pthread")
 MODE_VARIABLE = "MISTRALRS_CPU_KERNELS"
@@ -57,10 +57,11 @@ SIGNATURES = {
                                           _L, _I, _I, _I, _I, _I, _I, _F, _I, _F, _P, _P, _I]),
     "mrs_decode_attention_scratch": (_L, [_I, _I, _I, _I, _I]),
     "mrs_gguf_strings": (_L, [_P, _L, _L, _L, _P, _P, ctypes.POINTER(_L)]),
-    "mrs_bpe_new": (_P, [ctypes.c_char_p, _P, _L, ctypes.c_char_p, _P, _L, ctypes.POINTER(_L)]),
-    "mrs_bpe_free": (None, [_P]),
-    "mrs_bpe_token_id": (_L, [_P, ctypes.c_char_p, _L]),
+    "mrs_vocab_new": (_P, [ctypes.c_char_p, _P, _L, ctypes.c_char_p, _P, _L, ctypes.POINTER(_L)]),
+    "mrs_vocab_free": (None, [_P]),
+    "mrs_vocab_token_id": (_L, [_P, ctypes.c_char_p, _L]),
     "mrs_bpe_encode": (_L, [_P, ctypes.c_char_p, _L, _I, _P]),
+    "mrs_spm_encode": (_L, [_P, _P, _P, _I, ctypes.c_char_p, _L, _P]),
     "mrs_argmax_rows": (None, [_P, _L, _L, _L, _P, _P]),
     "mrs_store_kv": (None, [_P, _L, _L, _P, _L, _L, _P, _L, _L, _L, _P, _L, _L, _L, _I, _P, _L,
                             _I, _I, _I, _I]),

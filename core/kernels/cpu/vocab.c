@@ -1,13 +1,16 @@
-/* A byte-level BPE vocabulary held by the native kernels: the token texts stay in the caller's
- * buffer (one UTF-8 buffer and the start of each text), and two open-addressing tables index
- * them: text -> token id, and (left id, right id) -> (merge rank, joined id). For SmolLM2's 49k
+/* GGUF vocabularies held by the native kernels: the token texts stay in the caller's buffer (one
+ * UTF-8 buffer and the start of each text), and open-addressing tables index them: text -> token
+ * id, and for byte-level BPE (left id, right id) -> (merge rank, joined id). For SmolLM2's 49k
  * tokens and 49k merges that is ~2.5 MiB where Python's dictionaries of strings and ints take
- * ~15 MiB, and a piece merges without a Python object per step.
+ * ~15 MiB, and a text merges without a Python object per step.
  *
- * Merging as Hugging Face's `tokenizers` and llama.cpp do: the piece's characters (each a token;
- * characters that are not are dropped), then repeatedly the adjacent pair of lowest merge rank,
- * the leftmost on equal ranks, until no pair has a merge. A heap of candidate pairs over a linked
- * list of symbols keeps long pieces O(n log n). */
+ * Both GGUF tokenizers merge a piece of text the same way: start from its characters, then
+ * repeatedly join the adjacent pair that ranks first, the leftmost on equal ranks, until no pair
+ * ranks. Byte-level BPE (`mrs_bpe_encode`, as Hugging Face's `tokenizers` and llama.cpp): the
+ * characters are tokens (characters that are not are dropped) and a pair ranks by its merge.
+ * SentencePiece (`mrs_spm_encode`, as llama.cpp runs it): a pair ranks by the score of the token
+ * its concatenation is, highest first; a piece that is no token is spelled in byte tokens. A
+ * heap of candidate pairs over a linked list of symbols keeps long pieces O(n log n). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,7 +39,7 @@ typedef struct {
     uint64_t token_mask;
     merge_slot *merges;
     uint64_t merge_mask;
-} bpe;
+} vocab;
 
 static uint64_t table_size(long long entries) {
     uint64_t size = 16;
@@ -45,7 +48,7 @@ static uint64_t table_size(long long entries) {
 }
 
 /* The id of the token whose text is text[0..length), or -1. */
-static int32_t lookup(const bpe *b, const char *text, long long length) {
+static int32_t lookup(const vocab *b, const char *text, long long length) {
     for (uint64_t i = fnv1a(FNV_START, text, length) & b->token_mask;; i = (i + 1) & b->token_mask) {
         const int32_t t = b->tokens[i];
         if (t < 0) return -1;
@@ -54,7 +57,7 @@ static int32_t lookup(const bpe *b, const char *text, long long length) {
 }
 
 /* The same for the text of two pieces side by side. */
-static int32_t lookup_pair(const bpe *b, const char *left, long long left_length,
+static int32_t lookup_pair(const vocab *b, const char *left, long long left_length,
                            const char *right, long long right_length) {
     const uint64_t h = fnv1a(fnv1a(FNV_START, left, left_length), right, right_length);
     for (uint64_t i = h & b->token_mask;; i = (i + 1) & b->token_mask) {
@@ -77,7 +80,7 @@ static uint64_t pair_key(int32_t left, int32_t right) {
     return (uint64_t)(left + 1) << 32 | (uint32_t)(right + 1);
 }
 
-static const merge_slot *find_merge(const bpe *b, int32_t left, int32_t right) {
+static const merge_slot *find_merge(const vocab *b, int32_t left, int32_t right) {
     const uint64_t key = pair_key(left, right);
     for (uint64_t i = mix(key) & b->merge_mask;; i = (i + 1) & b->merge_mask) {
         const merge_slot *s = &b->merges[i];
@@ -86,7 +89,7 @@ static const merge_slot *find_merge(const bpe *b, int32_t left, int32_t right) {
     }
 }
 
-void mrs_bpe_free(bpe *b) {
+void mrs_vocab_free(vocab *b) {
     if (!b) return;
     free((void *)b->lengths);
     free(b->tokens);
@@ -95,17 +98,17 @@ void mrs_bpe_free(bpe *b) {
 }
 
 /* The vocabulary of `n_tokens` texts (token t: texts[starts[t]..starts[t+1]-1), each followed by
- * one separator byte) and `n_merges` merges (likewise in merge_texts/merge_starts, each "left
- * right", split at the first space after its first character). The buffers `texts` and `starts`
+ * one separator byte) and `n_merges` BPE merges (likewise in merge_texts/merge_starts, each "left
+ * right", split at the first space after its first character; none for SentencePiece). The buffers `texts` and `starts`
  * must outlive the vocabulary. *problem is 0, or where the file is wrong 1 + the first token
  * that repeats an earlier one, or -(1 + the first merge that is not two tokens whose
  * concatenation is a token) (the caller names it); then, or without memory, NULL. The first of
  * two merges of one pair keeps its rank, as in llama.cpp. */
-bpe *mrs_bpe_new(const char *texts, const long long *starts, long long n_tokens,
+vocab *mrs_vocab_new(const char *texts, const long long *starts, long long n_tokens,
                  const char *merge_texts, const long long *merge_starts, long long n_merges,
                  long long *problem) {
     *problem = 0;
-    bpe *b = calloc(1, sizeof *b);
+    vocab *b = calloc(1, sizeof *b);
     if (!b) return 0;
     const uint64_t token_slots = table_size(n_tokens), merge_slots = table_size(n_merges);
     long long *lengths = malloc((n_tokens ? n_tokens : 1) * sizeof *lengths);
@@ -113,7 +116,7 @@ bpe *mrs_bpe_new(const char *texts, const long long *starts, long long n_tokens,
     b->merges = calloc(merge_slots, sizeof *b->merges);
     b->lengths = lengths;
     if (!lengths || !b->tokens || !b->merges) {
-        mrs_bpe_free(b);
+        mrs_vocab_free(b);
         return 0;
     }
     b->texts = texts;
@@ -155,19 +158,20 @@ bpe *mrs_bpe_new(const char *texts, const long long *starts, long long n_tokens,
         if (!b->merges[i].key) b->merges[i] = (merge_slot){key, (int32_t)m, joined};
     }
     if (*problem) {
-        mrs_bpe_free(b);
+        mrs_vocab_free(b);
         return 0;
     }
     return b;
 }
 
 /* The id of the token text[0..length), or -1. */
-long long mrs_bpe_token_id(const bpe *b, const char *text, long long length) {
+long long mrs_vocab_token_id(const vocab *b, const char *text, long long length) {
     return lookup(b, text, length);
 }
 
 typedef struct {
-    int32_t rank, left, right_id, left_id; /* ordered by rank, then position */
+    int32_t rank, left;              /* ordered by rank, then position */
+    int32_t left_was, right_was;     /* the two symbols when offered (BPE: ids; SentencePiece: lengths) */
 } candidate;
 
 static int before(const candidate *a, const candidate *b) {
@@ -199,22 +203,67 @@ static candidate pop(candidate *heap, long long *n) {
 }
 
 typedef struct {
-    int32_t *id;   /* each symbol's token; -1 once joined into the one before it */
-    int32_t *next; /* the following live symbol, or -1 */
+    int32_t *id;    /* each symbol's token (SentencePiece: its length); -1 once joined into the one before */
+    int32_t *start; /* SentencePiece: where it starts in the text */
+    int32_t *next;  /* the following live symbol, or -1 */
     int32_t *prev;
     candidate *heap;
     long long queued;
 } symbols;
 
-static void offer(const bpe *b, symbols *s, int32_t left) {
+/* Room for pieces of up to `longest` bytes; 0 without memory. */
+static int symbols_alloc(symbols *s, long long longest) {
+    s->id = malloc((longest + 1) * 4 * sizeof(int32_t));
+    s->heap = malloc((longest + 1) * 3 * sizeof(candidate));
+    if (!s->id || !s->heap) {
+        free(s->id);
+        free(s->heap);
+        return 0;
+    }
+    s->start = s->id + longest + 1;
+    s->next = s->start + longest + 1;
+    s->prev = s->next + longest + 1;
+    return 1;
+}
+
+static void symbols_free(symbols *s) {
+    free(s->id);
+    free(s->heap);
+}
+
+/* Symbols 0..n-1 in a row, no pair queued. */
+static void symbols_link(symbols *s, int32_t n) {
+    s->queued = 0;
+    for (int32_t i = 0; i < n; i++) {
+        s->next[i] = i + 1 < n ? i + 1 : -1;
+        s->prev[i] = i - 1;
+    }
+}
+
+/* The right symbol of a popped pair, or -1 where one of the two has changed since it was
+ * offered (joined to something else). */
+static int32_t still_pair(const symbols *s, const candidate *c) {
+    const int32_t right = s->next[c->left];
+    return s->id[c->left] == c->left_was && right >= 0 && s->id[right] == c->right_was ? right : -1;
+}
+
+/* Symbol `right` joined into `left`, which becomes `joined`. */
+static void join(symbols *s, int32_t left, int32_t right, int32_t joined) {
+    s->id[left] = joined;
+    s->id[right] = -1;
+    s->next[left] = s->next[right];
+    if (s->next[right] >= 0) s->prev[s->next[right]] = left;
+}
+
+static void offer(const vocab *b, symbols *s, int32_t left) {
     const int32_t right = s->next[left];
     if (right < 0) return;
     const merge_slot *m = find_merge(b, s->id[left], s->id[right]);
-    if (m) push(s->heap, &s->queued, (candidate){m->rank, left, s->id[right], s->id[left]});
+    if (m) push(s->heap, &s->queued, (candidate){m->rank, left, s->id[left], s->id[right]});
 }
 
 /* Merges the piece text[0..length) into out; returns the ids written. */
-static long long merge_piece(const bpe *b, const char *text, long long length, int ignore_merges,
+static long long merge_piece(const vocab *b, const char *text, long long length, int ignore_merges,
                              symbols *s, int32_t *out) {
     if (ignore_merges) {
         const int32_t whole = lookup(b, text, length);
@@ -231,21 +280,13 @@ static long long merge_piece(const bpe *b, const char *text, long long length, i
         if (t >= 0) s->id[n++] = t;
         at += width;
     }
-    s->queued = 0;
-    for (int32_t i = 0; i < n; i++) {
-        s->next[i] = i + 1 < n ? i + 1 : -1;
-        s->prev[i] = i - 1;
-    }
+    symbols_link(s, n);
     for (int32_t i = 0; i + 1 < n; i++) offer(b, s, i);
     while (s->queued) {
         const candidate c = pop(s->heap, &s->queued);
-        const int32_t right = s->next[c.left];
-        if (s->id[c.left] != c.left_id || right < 0 || s->id[right] != c.right_id)
-            continue; /* one of the two has been joined to something else since */
-        s->id[c.left] = find_merge(b, c.left_id, c.right_id)->joined;
-        s->id[right] = -1;
-        s->next[c.left] = s->next[right];
-        if (s->next[right] >= 0) s->prev[s->next[right]] = c.left;
+        const int32_t right = still_pair(s, &c);
+        if (right < 0) continue;
+        join(s, c.left, right, find_merge(b, c.left_was, c.right_was)->joined);
         offer(b, s, c.left);
         if (s->prev[c.left] >= 0) offer(b, s, s->prev[c.left]);
     }
@@ -255,28 +296,25 @@ static long long merge_piece(const bpe *b, const char *text, long long length, i
     return written;
 }
 
-/* The ids of `pieces`: pieces of text back to back, each followed by a NUL (a byte the GPT-2
- * alphabet never spells), `length` bytes in all. `out` has room for one id per byte. Returns the
- * ids written, or -1 without memory. */
-long long mrs_bpe_encode(const bpe *b, const char *pieces, long long length, int ignore_merges,
-                         int32_t *out) {
+/* The longest of the NUL-separated pieces in text[0..length). */
+static long long longest_piece(const char *text, long long length) {
     long long longest = 0;
     for (long long at = 0; at < length;) {
-        const char *end = memchr(pieces + at, 0, length - at);
-        const long long piece = end ? end - (pieces + at) : length - at;
+        const char *end = memchr(text + at, 0, length - at);
+        const long long piece = end ? end - (text + at) : length - at;
         if (piece > longest) longest = piece;
         at += piece + 1;
     }
+    return longest;
+}
+
+/* The ids of `pieces`: pieces of text back to back, each followed by a NUL (a byte the GPT-2
+ * alphabet never spells), `length` bytes in all. `out` has room for one id per byte. Returns the
+ * ids written, or -1 without memory. */
+long long mrs_bpe_encode(const vocab *b, const char *pieces, long long length, int ignore_merges,
+                         int32_t *out) {
     symbols s;
-    s.id = malloc((longest + 1) * 3 * sizeof(int32_t));
-    s.heap = malloc((longest + 1) * 3 * sizeof(candidate));
-    if (!s.id || !s.heap) {
-        free(s.id);
-        free(s.heap);
-        return -1;
-    }
-    s.next = s.id + longest + 1;
-    s.prev = s.next + longest + 1;
+    if (!symbols_alloc(&s, longest_piece(pieces, length))) return -1;
     long long written = 0;
     for (long long at = 0; at < length;) {
         const char *end = memchr(pieces + at, 0, length - at);
@@ -284,7 +322,65 @@ long long mrs_bpe_encode(const bpe *b, const char *pieces, long long length, int
         written += merge_piece(b, pieces + at, piece, ignore_merges, &s, out + written);
         at += piece + 1;
     }
-    free(s.id);
-    free(s.heap);
+    symbols_free(&s);
+    return written;
+}
+
+/* ---- SentencePiece ------------------------------------------------------------------- */
+
+/* An int32 that orders scores highest first, as floats order (the heap takes the lowest). */
+static int32_t score_rank(float score) {
+    const float negated = -score;
+    uint32_t bits;
+    memcpy(&bits, &negated, 4);
+    return (int32_t)((bits & 0x80000000u ? ~bits : bits | 0x80000000u) ^ 0x80000000u);
+}
+
+static void spm_offer(const vocab *b, const float *scores, const char *text, symbols *s,
+                      int32_t left) {
+    const int32_t right = s->next[left];
+    if (right < 0) return;
+    const int32_t t = lookup(b, text + s->start[left], s->id[left] + s->id[right]);
+    if (t >= 0)
+        push(s->heap, &s->queued, (candidate){score_rank(scores[t]), left, s->id[left], s->id[right]});
+}
+
+/* The ids of text[0..length), merged by the scores of the tokens (float32, one a token);
+ * a piece that is no token becomes byte_ids[b] for each of its bytes b (byte_ids NULL: the
+ * vocabulary has no byte tokens), else `unk` (< 0: nothing). `out` has room for one id per
+ * byte. Returns the ids written, or -1 without memory. */
+long long mrs_spm_encode(const vocab *b, const float *scores, const int32_t *byte_ids, int unk,
+                         const char *text, long long length, int32_t *out) {
+    symbols s;
+    if (!symbols_alloc(&s, length)) return -1;
+    int32_t n = 0;
+    for (long long at = 0; at < length; n++) {
+        long long width = char_bytes((uint8_t)text[at]);
+        if (width > length - at) width = length - at;
+        s.start[n] = (int32_t)at;
+        s.id[n] = (int32_t)width;
+        at += width;
+    }
+    symbols_link(&s, n);
+    for (int32_t i = 0; i + 1 < n; i++) spm_offer(b, scores, text, &s, i);
+    while (s.queued) {
+        const candidate c = pop(s.heap, &s.queued);
+        const int32_t right = still_pair(&s, &c);
+        if (right < 0) continue;
+        join(&s, c.left, right, c.left_was + c.right_was);
+        spm_offer(b, scores, text, &s, c.left);
+        if (s.prev[c.left] >= 0) spm_offer(b, scores, text, &s, s.prev[c.left]);
+    }
+    long long written = 0;
+    for (int32_t i = 0; i < n; i++) {
+        if (s.id[i] < 0) continue;
+        const char *piece = text + s.start[i];
+        const int32_t t = lookup(b, piece, s.id[i]);
+        if (t >= 0) out[written++] = t;
+        else if (byte_ids)
+            for (int32_t j = 0; j < s.id[i]; j++) out[written++] = byte_ids[(uint8_t)piece[j]];
+        else if (unk >= 0) out[written++] = unk;
+    }
+    symbols_free(&s);
     return written;
 }
