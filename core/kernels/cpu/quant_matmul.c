@@ -917,7 +917,14 @@ static void matmul_part(void *arg, int part, int parts) {
         const long long m0 = (local % c->tiles) * MT;
         const int mt = (int)(c->m - m0 < MT ? c->m - m0 : MT);
         const int cols = job->n - g * LANES < LANES ? job->n - g * LANES : LANES;
-        const uint8_t *wg = job->w + (long long)g * c->blocks * record_bytes(&c->layouts[j]);
+        const long long group_bytes = c->blocks * record_bytes(&c->layouts[j]);
+        const uint8_t *wg = job->w + (long long)g * group_bytes;
+        /* With several row tiles a group's records are read while the next group's could be
+         * on their way from memory, which the hardware prefetcher does not fetch in time
+         * (16 rows, weights not in the caches: ~10-14% faster). One row tile streams anyway. */
+        if (c->tiles > 1 && m0 == 0 && (g + 1) * LANES < job->n)
+            for (long long at = 0; at < group_bytes; at += 64)
+                __builtin_prefetch(wg + group_bytes + at, 0, 2);
         tile_for(job->qtype)(wg, c->blocks, &c->layouts[j], c->scratch, c->k, m0, mt,
                              job->out + g * LANES, job->out_stride, cols, job->accumulate);
     }
