@@ -387,6 +387,23 @@ static inline __attribute__((always_inline)) void dots(const float *q, const voi
 #endif
 }
 
+#if MRS_AVX512
+/* dots for 16 rows `stride` bytes apart from `first` (16 positions inside one cache block): one
+ * base pointer instead of 16, so that the 16 accumulators, q and the addresses fit the
+ * registers. */
+static inline __attribute__((always_inline)) void dots16_strided(
+    const float *q, const char *first, long long stride, int dim, float *scores, const int f16) {
+    __m512 acc[16];
+    for (int r = 0; r < 16; r++) acc[r] = _mm512_setzero_ps();
+    for (int i = 0; i + 16 <= dim; i += 16) {
+        const __m512 qv = _mm512_loadu_ps(q + i);
+        const char *row = first;
+        for (int r = 0; r < 16; r++, row += stride) acc[r] = _mm512_fmadd_ps(qv, load16(row, i, f16), acc[r]);
+    }
+    _mm512_storeu_ps(scores, reduce16(acc));
+}
+#endif
+
 #if !MRS_AVX512 && MRS_AVX2
 /* accumulate_values' AVX2 loop over 16-feature slices (8 accumulators for 4 heads); returns the
  * features it did. */
@@ -415,11 +432,12 @@ static inline __attribute__((always_inline)) int accumulate_values_avx2(
 
 /* o_g[i] += sum_j p_g[j] * rows[j][i] for the `heads` (<= 4) heads g of one kv head: with
  * AVX-512 each 64-feature slice of the heads' outputs stays in registers over all n rows. */
-static inline __attribute__((always_inline)) void accumulate_values(
-    float *const *o, const float *const *p, int heads, const void **rows, int n, int dim,
+#if MRS_AVX512
+/* accumulate_values' AVX-512 loop over 64-feature slices; returns the features it did. */
+static inline __attribute__((always_inline)) int accumulate_values_avx512(
+    float *const *o, const float *const *p, const int heads, const void **rows, int n, int dim,
     const int f16) {
     int i = 0;
-#if MRS_AVX512
     for (; i + 64 <= dim; i += 64) {
         __m512 acc[4][4];
         for (int g = 0; g < heads; g++)
@@ -438,13 +456,27 @@ static inline __attribute__((always_inline)) void accumulate_values(
         for (int g = 0; g < heads; g++)
             for (int t = 0; t < 4; t++) _mm512_storeu_ps(o[g] + i + 16 * t, acc[g][t]);
     }
+    return i;
+}
+#endif
+
+static inline __attribute__((always_inline)) void accumulate_values(
+    float *const *o, const float *const *p, int heads, const void **rows, int n, int dim,
+    const int f16) {
+    int i = 0;
+#if MRS_AVX512
+#define ACCUMULATE_SLICES accumulate_values_avx512
 #elif MRS_AVX2
+#define ACCUMULATE_SLICES accumulate_values_avx2
+#endif
+#ifdef ACCUMULATE_SLICES
     switch (heads) { /* the head count a constant inside, so that the accumulators stay in registers */
-    case 1: i = accumulate_values_avx2(o, p, 1, rows, n, dim, f16); break;
-    case 2: i = accumulate_values_avx2(o, p, 2, rows, n, dim, f16); break;
-    case 3: i = accumulate_values_avx2(o, p, 3, rows, n, dim, f16); break;
-    default: i = accumulate_values_avx2(o, p, 4, rows, n, dim, f16); break;
+    case 1: i = ACCUMULATE_SLICES(o, p, 1, rows, n, dim, f16); break;
+    case 2: i = ACCUMULATE_SLICES(o, p, 2, rows, n, dim, f16); break;
+    case 3: i = ACCUMULATE_SLICES(o, p, 3, rows, n, dim, f16); break;
+    default: i = ACCUMULATE_SLICES(o, p, 4, rows, n, dim, f16); break;
     }
+#undef ACCUMULATE_SLICES
 #endif
     for (; i < dim; i++)
         for (int g = 0; g < heads; g++) {
@@ -483,8 +515,15 @@ static inline __attribute__((always_inline)) void decode_items(const decode_ctx 
             cache_rows(v_head, table, c->vb * es, c->vs * es, bs, start, n, dv * es, vrows);
             for (int g = 0; g < group; g++) {
                 float *sc = scores[g];
-                for (int j = 0; j < n; j += 16)
+                for (int j = 0; j < n; j += 16) {
+#if MRS_AVX512
+                    if (j + 16 <= n && dk % 16 == 0 && (start + j) / bs == (start + j + 15) / bs) {
+                        dots16_strided(q0 + g * c->q_h, krows[j], c->ks * es, dk, sc + j, f16);
+                        continue;
+                    }
+#endif
                     dots(q0 + g * c->q_h, krows + j, n - j < 16 ? n - j : 16, dk, sc + j, f16);
+                }
                 float *st = partial_of(c, task, split, g), *o = st + 2, chunk_max = -INFINITY;
                 for (int j = 0; j < n; j++) {
                     sc[j] *= c->scale;
