@@ -47,11 +47,10 @@ class _NativeVocabulary:
         found = self._lib.mrs_vocab_token_id(self._handle, encoded, len(encoded))
         return None if found < 0 else found
 
-    @staticmethod
-    def _ids(encode, length: int) -> list[int]:
-        """`encode(out)` writes at most `length` ids into out; they, as a list."""
-        ids = np.empty(length, np.int32)
-        count = encode(ids.ctypes.data)
+    def _encoded(self, kernel, *args, room: int) -> list[int]:
+        """The ids `kernel(handle, *args, out)` writes into `out` (room for `room` of them)."""
+        ids = np.empty(room, np.int32)
+        count = kernel(self._handle, *args, ids.ctypes.data)
         if count < 0:
             raise MemoryError("no memory to merge the text")
         return ids[:count].tolist()
@@ -76,8 +75,8 @@ class NativeBPETable(_NativeVocabulary):
         if not pieces:
             return []
         joined = ("\0".join(pieces) + "\0").encode("utf-8", "surrogatepass")
-        return self._ids(lambda out: self._lib.mrs_bpe_encode(
-            self._handle, joined, len(joined), self._ignore_merges, out), len(joined))
+        return self._encoded(self._lib.mrs_bpe_encode, joined, len(joined), self._ignore_merges,
+                             room=len(joined))
 
 
 class NativeSentencePieceTable(_NativeVocabulary):
@@ -104,6 +103,5 @@ class NativeSentencePieceTable(_NativeVocabulary):
         """The ids of one stretch of text (spaces already spelled "▁")."""
         encoded = text.encode("utf-8", "surrogatepass")
         byte_ids = 0 if self._byte_id_array is None else self._byte_id_array.ctypes.data
-        return self._ids(lambda out: self._lib.mrs_spm_encode(
-            self._handle, self._scores.ctypes.data, byte_ids, self._unk_id, encoded,
-            len(encoded), out), len(encoded))
+        return self._encoded(self._lib.mrs_spm_encode, self._scores.ctypes.data, byte_ids,
+                             self._unk_id, encoded, len(encoded), room=len(encoded))

@@ -2,7 +2,6 @@
  * uint64 length and that many bytes) read in one pass; in Python that costs tens of
  * milliseconds at every load. */
 #include <stdint.h>
-#include <stdlib.h>
 #include <string.h>
 
 /* The `count` strings at buffer[pos..size), each followed by a NUL, into `out`, and where each

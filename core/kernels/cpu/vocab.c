@@ -32,10 +32,10 @@ typedef struct {
 } merge_slot;
 
 typedef struct {
-    const char *texts;        /* the caller's buffer: token t is texts[starts[t]..starts[t]+lengths[t]) */
+    const char *texts; /* the caller's: token t is texts[starts[t]..starts[t] + lengths[t]) */
     const long long *starts;
     const long long *lengths;
-    int32_t *tokens;          /* token slots: an id, or -1 */
+    int32_t *tokens; /* token slots: an id, or -1 */
     uint64_t token_mask;
     merge_slot *merges;
     uint64_t merge_mask;
@@ -47,27 +47,23 @@ static uint64_t table_size(long long entries) {
     return size;
 }
 
-/* The id of the token whose text is text[0..length), or -1. */
-static int32_t lookup(const vocab *b, const char *text, long long length) {
-    for (uint64_t i = fnv1a(FNV_START, text, length) & b->token_mask;; i = (i + 1) & b->token_mask) {
-        const int32_t t = b->tokens[i];
-        if (t < 0) return -1;
-        if (b->lengths[t] == length && !memcmp(b->texts + b->starts[t], text, length)) return t;
-    }
-}
-
-/* The same for the text of two pieces side by side. */
-static int32_t lookup_pair(const vocab *b, const char *left, long long left_length,
+/* The id of the token whose text is left[0..left_length) followed by right[0..right_length)
+ * (right_length 0: left alone), or -1. */
+static int32_t lookup_pair(const vocab *v, const char *left, long long left_length,
                            const char *right, long long right_length) {
     const uint64_t h = fnv1a(fnv1a(FNV_START, left, left_length), right, right_length);
-    for (uint64_t i = h & b->token_mask;; i = (i + 1) & b->token_mask) {
-        const int32_t t = b->tokens[i];
+    for (uint64_t i = h & v->token_mask;; i = (i + 1) & v->token_mask) {
+        const int32_t t = v->tokens[i];
         if (t < 0) return -1;
-        const char *text = b->texts + b->starts[t];
-        if (b->lengths[t] == left_length + right_length && !memcmp(text, left, left_length)
+        const char *text = v->texts + v->starts[t];
+        if (v->lengths[t] == left_length + right_length && !memcmp(text, left, left_length)
             && !memcmp(text + left_length, right, right_length))
             return t;
     }
+}
+
+static int32_t lookup(const vocab *v, const char *text, long long length) {
+    return lookup_pair(v, text, length, text + length, 0);
 }
 
 static uint64_t mix(uint64_t key) { /* splitmix64's finalizer */
@@ -80,62 +76,62 @@ static uint64_t pair_key(int32_t left, int32_t right) {
     return (uint64_t)(left + 1) << 32 | (uint32_t)(right + 1);
 }
 
-static const merge_slot *find_merge(const vocab *b, int32_t left, int32_t right) {
+static const merge_slot *find_merge(const vocab *v, int32_t left, int32_t right) {
     const uint64_t key = pair_key(left, right);
-    for (uint64_t i = mix(key) & b->merge_mask;; i = (i + 1) & b->merge_mask) {
-        const merge_slot *s = &b->merges[i];
+    for (uint64_t i = mix(key) & v->merge_mask;; i = (i + 1) & v->merge_mask) {
+        const merge_slot *s = &v->merges[i];
         if (s->key == key) return s;
         if (!s->key) return 0;
     }
 }
 
-void mrs_vocab_free(vocab *b) {
-    if (!b) return;
-    free((void *)b->lengths);
-    free(b->tokens);
-    free(b->merges);
-    free(b);
+void mrs_vocab_free(vocab *v) {
+    if (!v) return;
+    free((void *)v->lengths);
+    free(v->tokens);
+    free(v->merges);
+    free(v);
 }
 
 /* The vocabulary of `n_tokens` texts (token t: texts[starts[t]..starts[t+1]-1), each followed by
- * one separator byte) and `n_merges` BPE merges (likewise in merge_texts/merge_starts, each "left
- * right", split at the first space after its first character; none for SentencePiece). The buffers `texts` and `starts`
- * must outlive the vocabulary. *problem is 0, or where the file is wrong 1 + the first token
- * that repeats an earlier one, or -(1 + the first merge that is not two tokens whose
- * concatenation is a token) (the caller names it); then, or without memory, NULL. The first of
- * two merges of one pair keeps its rank, as in llama.cpp. */
+ * one separator byte) and `n_merges` BPE merges (likewise in merge_texts/merge_starts, each
+ * "left right", split at the first space after its first character; none for SentencePiece).
+ * The buffers `texts` and `starts` must outlive the vocabulary. *problem is 0, or where the
+ * file is wrong 1 + the first token that repeats an earlier one, or -(1 + the first merge that
+ * is not two tokens whose concatenation is a token) (the caller names it); then, or without
+ * memory, NULL. The first of two merges of one pair keeps its rank, as in llama.cpp. */
 vocab *mrs_vocab_new(const char *texts, const long long *starts, long long n_tokens,
-                 const char *merge_texts, const long long *merge_starts, long long n_merges,
-                 long long *problem) {
+                     const char *merge_texts, const long long *merge_starts, long long n_merges,
+                     long long *problem) {
     *problem = 0;
-    vocab *b = calloc(1, sizeof *b);
-    if (!b) return 0;
+    vocab *v = calloc(1, sizeof *v);
+    if (!v) return 0;
     const uint64_t token_slots = table_size(n_tokens), merge_slots = table_size(n_merges);
     long long *lengths = malloc((n_tokens ? n_tokens : 1) * sizeof *lengths);
-    b->tokens = malloc(token_slots * sizeof *b->tokens);
-    b->merges = calloc(merge_slots, sizeof *b->merges);
-    b->lengths = lengths;
-    if (!lengths || !b->tokens || !b->merges) {
-        mrs_vocab_free(b);
+    v->tokens = malloc(token_slots * sizeof *v->tokens);
+    v->merges = calloc(merge_slots, sizeof *v->merges);
+    v->lengths = lengths;
+    if (!lengths || !v->tokens || !v->merges) {
+        mrs_vocab_free(v);
         return 0;
     }
-    b->texts = texts;
-    b->starts = starts;
-    b->token_mask = token_slots - 1;
-    b->merge_mask = merge_slots - 1;
-    memset(b->tokens, 0xff, token_slots * sizeof *b->tokens);
+    v->texts = texts;
+    v->starts = starts;
+    v->token_mask = token_slots - 1;
+    v->merge_mask = merge_slots - 1;
+    memset(v->tokens, 0xff, token_slots * sizeof *v->tokens);
     for (long long t = 0; t < n_tokens && !*problem; t++) {
         lengths[t] = starts[t + 1] - starts[t] - 1;
         const char *text = texts + starts[t];
-        uint64_t i = fnv1a(FNV_START, text, lengths[t]) & b->token_mask;
-        for (; b->tokens[i] >= 0; i = (i + 1) & b->token_mask) {
-            const int32_t u = b->tokens[i];
+        uint64_t i = fnv1a(FNV_START, text, lengths[t]) & v->token_mask;
+        for (; v->tokens[i] >= 0; i = (i + 1) & v->token_mask) {
+            const int32_t u = v->tokens[i];
             if (lengths[u] == lengths[t] && !memcmp(texts + starts[u], text, lengths[t])) {
                 *problem = 1 + t;
                 break;
             }
         }
-        b->tokens[i] = (int32_t)t;
+        v->tokens[i] = (int32_t)t;
     }
     for (long long m = 0; m < n_merges && !*problem; m++) {
         const char *merge = merge_texts + merge_starts[m];
@@ -144,34 +140,34 @@ vocab *mrs_vocab_new(const char *texts, const long long *starts, long long n_tok
         const char *space = first < length ? memchr(merge + first, ' ', length - first) : 0;
         const long long left_length = space ? space - merge : 0;
         const long long right_length = space ? length - left_length - 1 : 0;
-        const int32_t left = space ? lookup(b, merge, left_length) : -1;
-        const int32_t right = right_length ? lookup(b, space + 1, right_length) : -1;
+        const int32_t left = space ? lookup(v, merge, left_length) : -1;
+        const int32_t right = right_length ? lookup(v, space + 1, right_length) : -1;
         const int32_t joined = left >= 0 && right >= 0
-            ? lookup_pair(b, merge, left_length, space + 1, right_length) : -1;
+            ? lookup_pair(v, merge, left_length, space + 1, right_length) : -1;
         if (joined < 0) {
             *problem = -(1 + m);
             break;
         }
         const uint64_t key = pair_key(left, right);
-        uint64_t i = mix(key) & b->merge_mask;
-        while (b->merges[i].key && b->merges[i].key != key) i = (i + 1) & b->merge_mask;
-        if (!b->merges[i].key) b->merges[i] = (merge_slot){key, (int32_t)m, joined};
+        uint64_t i = mix(key) & v->merge_mask;
+        while (v->merges[i].key && v->merges[i].key != key) i = (i + 1) & v->merge_mask;
+        if (!v->merges[i].key) v->merges[i] = (merge_slot){key, (int32_t)m, joined};
     }
     if (*problem) {
-        mrs_vocab_free(b);
+        mrs_vocab_free(v);
         return 0;
     }
-    return b;
+    return v;
 }
 
 /* The id of the token text[0..length), or -1. */
-long long mrs_vocab_token_id(const vocab *b, const char *text, long long length) {
-    return lookup(b, text, length);
+long long mrs_vocab_token_id(const vocab *v, const char *text, long long length) {
+    return lookup(v, text, length);
 }
 
 typedef struct {
-    int32_t rank, left;              /* ordered by rank, then position */
-    int32_t left_was, right_was;     /* the two symbols when offered (BPE: ids; SentencePiece: lengths) */
+    int32_t rank, left;          /* ordered by rank, then position */
+    int32_t left_was, right_was; /* the two symbols when offered (BPE: ids; SPM: lengths) */
 } candidate;
 
 static int before(const candidate *a, const candidate *b) {
@@ -203,7 +199,8 @@ static candidate pop(candidate *heap, long long *n) {
 }
 
 typedef struct {
-    int32_t *id;    /* each symbol's token (SentencePiece: its length); -1 once joined into the one before */
+    int32_t *id;    /* each symbol's token (SentencePiece: its length); -1 once joined into the
+                     * one before it */
     int32_t *start; /* SentencePiece: where it starts in the text */
     int32_t *next;  /* the following live symbol, or -1 */
     int32_t *prev;
@@ -255,18 +252,18 @@ static void join(symbols *s, int32_t left, int32_t right, int32_t joined) {
     if (s->next[right] >= 0) s->prev[s->next[right]] = left;
 }
 
-static void offer(const vocab *b, symbols *s, int32_t left) {
+static void offer(const vocab *v, symbols *s, int32_t left) {
     const int32_t right = s->next[left];
     if (right < 0) return;
-    const merge_slot *m = find_merge(b, s->id[left], s->id[right]);
+    const merge_slot *m = find_merge(v, s->id[left], s->id[right]);
     if (m) push(s->heap, &s->queued, (candidate){m->rank, left, s->id[left], s->id[right]});
 }
 
 /* Merges the piece text[0..length) into out; returns the ids written. */
-static long long merge_piece(const vocab *b, const char *text, long long length, int ignore_merges,
+static long long merge_piece(const vocab *v, const char *text, long long length, int ignore_merges,
                              symbols *s, int32_t *out) {
     if (ignore_merges) {
-        const int32_t whole = lookup(b, text, length);
+        const int32_t whole = lookup(v, text, length);
         if (whole >= 0) {
             out[0] = whole;
             return 1;
@@ -276,19 +273,19 @@ static long long merge_piece(const vocab *b, const char *text, long long length,
     for (long long at = 0; at < length;) {
         long long width = char_bytes((uint8_t)text[at]);
         if (width > length - at) width = length - at;
-        const int32_t t = lookup(b, text + at, width);
+        const int32_t t = lookup(v, text + at, width);
         if (t >= 0) s->id[n++] = t;
         at += width;
     }
     symbols_link(s, n);
-    for (int32_t i = 0; i + 1 < n; i++) offer(b, s, i);
+    for (int32_t i = 0; i + 1 < n; i++) offer(v, s, i);
     while (s->queued) {
         const candidate c = pop(s->heap, &s->queued);
         const int32_t right = still_pair(s, &c);
         if (right < 0) continue;
-        join(s, c.left, right, find_merge(b, c.left_was, c.right_was)->joined);
-        offer(b, s, c.left);
-        if (s->prev[c.left] >= 0) offer(b, s, s->prev[c.left]);
+        join(s, c.left, right, find_merge(v, c.left_was, c.right_was)->joined);
+        offer(v, s, c.left);
+        if (s->prev[c.left] >= 0) offer(v, s, s->prev[c.left]);
     }
     long long written = 0;
     for (int32_t i = 0; i < n; i++)
@@ -311,7 +308,7 @@ static long long longest_piece(const char *text, long long length) {
 /* The ids of `pieces`: pieces of text back to back, each followed by a NUL (a byte the GPT-2
  * alphabet never spells), `length` bytes in all. `out` has room for one id per byte. Returns the
  * ids written, or -1 without memory. */
-long long mrs_bpe_encode(const vocab *b, const char *pieces, long long length, int ignore_merges,
+long long mrs_bpe_encode(const vocab *v, const char *pieces, long long length, int ignore_merges,
                          int32_t *out) {
     symbols s;
     if (!symbols_alloc(&s, longest_piece(pieces, length))) return -1;
@@ -319,7 +316,7 @@ long long mrs_bpe_encode(const vocab *b, const char *pieces, long long length, i
     for (long long at = 0; at < length;) {
         const char *end = memchr(pieces + at, 0, length - at);
         const long long piece = end ? end - (pieces + at) : length - at;
-        written += merge_piece(b, pieces + at, piece, ignore_merges, &s, out + written);
+        written += merge_piece(v, pieces + at, piece, ignore_merges, &s, out + written);
         at += piece + 1;
     }
     symbols_free(&s);
@@ -336,20 +333,21 @@ static int32_t score_rank(float score) {
     return (int32_t)((bits & 0x80000000u ? ~bits : bits | 0x80000000u) ^ 0x80000000u);
 }
 
-static void spm_offer(const vocab *b, const float *scores, const char *text, symbols *s,
+static void spm_offer(const vocab *v, const float *scores, const char *text, symbols *s,
                       int32_t left) {
     const int32_t right = s->next[left];
     if (right < 0) return;
-    const int32_t t = lookup(b, text + s->start[left], s->id[left] + s->id[right]);
+    const int32_t t = lookup(v, text + s->start[left], s->id[left] + s->id[right]);
     if (t >= 0)
-        push(s->heap, &s->queued, (candidate){score_rank(scores[t]), left, s->id[left], s->id[right]});
+        push(s->heap, &s->queued,
+             (candidate){score_rank(scores[t]), left, s->id[left], s->id[right]});
 }
 
 /* The ids of text[0..length), merged by the scores of the tokens (float32, one a token);
  * a piece that is no token becomes byte_ids[b] for each of its bytes b (byte_ids NULL: the
  * vocabulary has no byte tokens), else `unk` (< 0: nothing). `out` has room for one id per
  * byte. Returns the ids written, or -1 without memory. */
-long long mrs_spm_encode(const vocab *b, const float *scores, const int32_t *byte_ids, int unk,
+long long mrs_spm_encode(const vocab *v, const float *scores, const int32_t *byte_ids, int unk,
                          const char *text, long long length, int32_t *out) {
     symbols s;
     if (!symbols_alloc(&s, length)) return -1;
@@ -362,20 +360,20 @@ long long mrs_spm_encode(const vocab *b, const float *scores, const int32_t *byt
         at += width;
     }
     symbols_link(&s, n);
-    for (int32_t i = 0; i + 1 < n; i++) spm_offer(b, scores, text, &s, i);
+    for (int32_t i = 0; i + 1 < n; i++) spm_offer(v, scores, text, &s, i);
     while (s.queued) {
         const candidate c = pop(s.heap, &s.queued);
         const int32_t right = still_pair(&s, &c);
         if (right < 0) continue;
         join(&s, c.left, right, c.left_was + c.right_was);
-        spm_offer(b, scores, text, &s, c.left);
-        if (s.prev[c.left] >= 0) spm_offer(b, scores, text, &s, s.prev[c.left]);
+        spm_offer(v, scores, text, &s, c.left);
+        if (s.prev[c.left] >= 0) spm_offer(v, scores, text, &s, s.prev[c.left]);
     }
     long long written = 0;
     for (int32_t i = 0; i < n; i++) {
         if (s.id[i] < 0) continue;
         const char *piece = text + s.start[i];
-        const int32_t t = lookup(b, piece, s.id[i]);
+        const int32_t t = lookup(v, piece, s.id[i]);
         if (t >= 0) out[written++] = t;
         else if (byte_ids)
             for (int32_t j = 0; j < s.id[i]; j++) out[written++] = byte_ids[(uint8_t)piece[j]];
