@@ -349,8 +349,8 @@ def test_malformed_metadata_raises_model_format_error(base, change, message, ker
 @pytest.mark.parametrize("kernels", ["native", "reference"])
 def test_merges_of_multibyte_characters_and_of_a_token_with_a_nul(kernels):
     """Halves of several bytes a character, a space as the first character, and a NUL in a
-    token (which the native check cannot take: the check is then Python's) are all read as
-    Python splits them."""
+    token (the native tables take texts by their lengths, not NUL-ended) are all read as Python
+    splits them."""
     tokens = [*GPT2_ALPHABET, "日", "日日", "日日日", " ", "  ", "a\0", "a\0b", "<|end|>"]
     metadata = {**byte_level_metadata(), "tokenizer.ggml.tokens": tokens,
                 "tokenizer.ggml.token_type": [1] * len(tokens),
