@@ -147,7 +147,7 @@ def q8_1_min_term_correction(x: torch.Tensor, x_q: torch.Tensor, packed: torch.T
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda q: q.name)
 def test_matmul_is_float_math_on_the_quantized_activations(kernels, qtype):
     elements, block_bytes = block_layout(qtype)
-    k = 2 * max(elements, 32)
+    k = 2 * elements if elements == 256 else 11 * 32  # 11 blocks: past 8 of a batch of 16
     packed = packed_weight(qtype, 37, k)
     weights = dequantize_reference(packed, qtype).double()
     linears = cpu.PackedLinears([cpu.repack(packed, qtype)])
@@ -163,10 +163,14 @@ def test_matmul_is_float_math_on_the_quantized_activations(kernels, qtype):
 
 def test_activations_are_quantized_as_llama_cpp_quantizes_them(kernels):
     x = torch.randn(5, 512, generator=torch.Generator().manual_seed(0)) * 3
-    # Q8_0 (legacy weight types): gguf-py's quantizer, scales stored as fp16
-    q8_0 = gguf.quants.quantize(x.numpy(), Q.Q8_0)
-    expected = torch.from_numpy(gguf.quants.dequantize(q8_0, Q.Q8_0))
-    assert torch.equal(cpu.quantize_dequantize_rows(x, 32), expected)
+    # Q8_0 (legacy weight types): gguf-py's quantizer, scales stored as fp16; rows of 16 blocks
+    # (the AVX-512 path's batch), 18 and 11 (partial batches), and a block of zeros
+    for width in (512, 576, 352):
+        rows = torch.randn(5, width, generator=torch.Generator().manual_seed(width)) * 3
+        rows[1, 64:96] = 0
+        q8_0 = gguf.quants.quantize(rows.numpy(), Q.Q8_0)
+        expected = torch.from_numpy(gguf.quants.dequantize(q8_0, Q.Q8_0))
+        assert torch.equal(cpu.quantize_dequantize_rows(rows, 32), expected), width
     # Q8_K (K-quant weights): llama.cpp's quantize_row_q8_K_ref, groups of 256, float32 scale
     groups = x.numpy().reshape(-1, 256)
     signed_max = groups[np.arange(len(groups)), np.abs(groups).argmax(1)][:, None]

@@ -194,7 +194,7 @@ def load(path: Path) -> ctypes.CDLL:
 def _load() -> ctypes.CDLL | None:
     here = Path(__file__).resolve().parent
     key = hashlib.sha256()
-    for source in (*SOURCES, "threads.h", "fp16.h", "isa.h"):
+    for source in (*SOURCES, "threads.h", "fp16.h", "isa.h", "reduce16.h"):
         key.update((here / source).read_bytes())
     key.update(" ".join(FLAGS).encode())
     key.update(_cpu_flags().encode())

@@ -11,6 +11,7 @@
 
 #include "fp16.h"
 #include "isa.h"
+#include "reduce16.h"
 #include "threads.h"
 
 #define MRS_DECODE_MAX_SPLITS 8
@@ -284,22 +285,6 @@ static inline __m512 load16_masked(const void *row, int i, __mmask16 keep, int f
                : _mm512_maskz_loadu_ps(keep, (const float *)row + i);
 }
 
-/* lane r = sum of the 16 lanes of a[r], for r < 16: a transposing reduction, ~3 instructions a
- * sum instead of ~10 for one horizontal reduction each. */
-static inline __m512 reduce16(__m512 a[16]) {
-    __m512 b[8], c4[4];
-    for (int i = 0; i < 8; i++)
-        b[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]),
-                             _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
-    for (int i = 0; i < 4; i++)
-        c4[i] = _mm512_add_ps(_mm512_shuffle_ps(b[2 * i], b[2 * i + 1], 0x44),
-                              _mm512_shuffle_ps(b[2 * i], b[2 * i + 1], 0xEE));
-    const __m512 u01 = _mm512_add_ps(_mm512_shuffle_f32x4(c4[0], c4[1], 0x44),
-                                     _mm512_shuffle_f32x4(c4[0], c4[1], 0xEE));
-    const __m512 u23 = _mm512_add_ps(_mm512_shuffle_f32x4(c4[2], c4[3], 0x44),
-                                     _mm512_shuffle_f32x4(c4[2], c4[3], 0xEE));
-    return _mm512_add_ps(_mm512_shuffle_f32x4(u01, u23, 0x88), _mm512_shuffle_f32x4(u01, u23, 0xDD));
-}
 #elif MRS_AVX2
 static inline __m256 load8(const void *row, int i, int f16) {
     return f16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + i)))
@@ -356,7 +341,7 @@ static inline __attribute__((always_inline)) void dots(const float *q, const voi
         for (int r = 0; r < n; r++)
             acc[r] = _mm512_fmadd_ps(qv, load16_masked(rows[r], i, tail, f16), acc[r]);
     }
-    _mm512_mask_storeu_ps(scores, (__mmask16)((1u << n) - 1), reduce16(acc));
+    _mm512_mask_storeu_ps(scores, (__mmask16)((1u << n) - 1), reduce16_add(acc));
 #elif MRS_AVX2
     const int vector_dim = dim - dim % 8;
     for (int r0 = 0; r0 < n; r0 += 8) { /* 8 rows at a time: independent chains, one reduction */
@@ -400,7 +385,7 @@ static inline __attribute__((always_inline)) void dots16_strided(
         const char *row = first;
         for (int r = 0; r < 16; r++, row += stride) acc[r] = _mm512_fmadd_ps(qv, load16(row, i, f16), acc[r]);
     }
-    _mm512_storeu_ps(scores, reduce16(acc));
+    _mm512_storeu_ps(scores, reduce16_add(acc));
 }
 #endif
 

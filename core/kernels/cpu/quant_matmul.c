@@ -37,6 +37,7 @@
 
 #include "fp16.h"
 #include "isa.h"
+#include "reduce16.h"
 #include "threads.h"
 
 #define LANES 16
@@ -546,7 +547,64 @@ static int32_t quantize16(const float *x, float id, int8_t *q) {
 #endif
 }
 
+#if MRS_AVX512
+/* quantize_row's Q8_0 arithmetic for blocks b0 .. b0 + nb - 1 (nb <= 16) of a row at once, with
+ * the horizontal reductions done across blocks (reduce16): lane i of one vector is the scale of
+ * block b0 + i, lane j of another the code sum of half block j (summed as floats, exact for
+ * integers this small). The per-block path spends a horizontal reduction on each. Bit for bit
+ * the same results. */
+static void quantize_q8_0_blocks(const float *x, long long b0, int nb, act_row_t a) {
+    const __m512 zero = _mm512_setzero_ps();
+    const int rne = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    __m512 v[16];
+    for (int i = 0; i < 16; i++) {
+        const float *p = x + (b0 + i) * BLOCK;
+        v[i] = i < nb ? _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(p)),
+                                      _mm512_abs_ps(_mm512_loadu_ps(p + 16)))
+                      : zero;
+    }
+    const __m512 d = _mm512_div_ps(reduce16_max(v), _mm512_set1_ps(127.0f));
+    const __m512 id = _mm512_maskz_div_ps(_mm512_cmp_ps_mask(d, zero, _CMP_NEQ_OQ),
+                                          _mm512_set1_ps(1.0f), d);
+    _mm512_mask_storeu_ps(a.d + b0, (__mmask16)((1u << nb) - 1),
+                          _mm512_cvtph_ps(_mm512_cvtps_ph(d, rne)));
+    const __m512i pairs = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 0, 0, 0, 0, 0, 0, 0, 0);
+    for (int eighth = 0; 8 * eighth < nb; eighth++) { /* blocks 8 eighth .. + 7: 16 half blocks */
+        const int first = 8 * eighth, count = nb - first < 8 ? nb - first : 8;
+        for (int i = 0; i < 8; i++)
+            for (int h = 0; h < 2; h++) {
+                if (i >= count) { v[2 * i + h] = zero; continue; }
+                const long long at = (b0 + first + i) * BLOCK + 16 * h;
+                const __m512 scale = _mm512_permutexvar_ps(_mm512_set1_epi32(first + i), id);
+                v[2 * i + h] = _mm512_min_ps(
+                    _mm512_roundscale_ps(_mm512_mul_ps(_mm512_loadu_ps(x + at), scale), rne),
+                    _mm512_set1_ps(127.0f));
+                _mm_storeu_si128((__m128i *)(a.q + at), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v[2 * i + h])));
+            }
+        const __m512 sums = reduce16_add(v); /* lane j: half block j */
+        const __m512 dh = _mm512_permutexvar_ps(_mm512_add_epi32(pairs, _mm512_set1_epi32(first)), d);
+        const __mmask16 halves = (__mmask16)((1u << 2 * count) - 1);
+        _mm512_mask_storeu_epi32(a.sum16 + 2 * (b0 + first), halves, _mm512_cvtps_epi32(sums));
+        _mm512_mask_storeu_ps(a.dsum16 + 2 * (b0 + first), halves, _mm512_mul_ps(dh, sums));
+        const __m512 block_sums = _mm512_add_ps(_mm512_permutexvar_ps(even, sums),
+            _mm512_permutexvar_ps(_mm512_add_epi32(even, _mm512_set1_epi32(1)), sums));
+        const __m512 db = _mm512_permutexvar_ps(_mm512_add_epi32(_mm512_setr_epi32(
+            0, 1, 2, 3, 4, 5, 6, 7, 0, 0, 0, 0, 0, 0, 0, 0), _mm512_set1_epi32(first)), d);
+        _mm512_mask_storeu_ps(a.dsum32 + b0 + first, (__mmask16)((1u << count) - 1),
+                              _mm512_cvtph_ps(_mm512_cvtps_ph(_mm512_mul_ps(db, block_sums), rne)));
+    }
+}
+#endif
+
 static void quantize_row(const float *x, long long k, int group, act_row_t a) {
+#if MRS_AVX512
+    if (group == BLOCK) {
+        for (long long b0 = 0; b0 < k / BLOCK; b0 += 16)
+            quantize_q8_0_blocks(x, b0, (int)(k / BLOCK - b0 < 16 ? k / BLOCK - b0 : 16), a);
+        return;
+    }
+#endif
     for (long long g0 = 0; g0 < k; g0 += group) {
         const float amax = abs_max(x + g0, group);
         float d, id;
