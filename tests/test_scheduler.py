@@ -11,6 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from mistralrs import Runner, Which
 from mistralrs.default_model import default_model_path
 from mistralrs.engine import Engine, SamplingParams
+from mistralrs.errors import InvalidRequestError
 from mistralrs.engine.model_runner import _zeros, kv_bytes_per_block
 from tiny_models import save_hf_model
 
@@ -82,6 +83,26 @@ def test_concurrent_requests_match_sequential_smollm2():
         together = concurrently(runner, batch, 8)
         assert together == alone
         assert_all_blocks_free(runner)
+    finally:
+        runner.shutdown()
+
+
+def test_submit_many_admits_the_prompts_in_one_step(tiny_model_dir, monkeypatch):
+    runner = Runner(Which.Plain(model_id=str(tiny_model_dir)), pa_blk_size=8, progress=False)
+    try:
+        batch = prompts(4)
+        steps = []
+        run = runner.engine.runner.run
+        monkeypatch.setattr(runner.engine.runner, "run", lambda s, *a: steps.append(s) or run(s, *a))
+        handles = runner.engine.submit_many(batch, greedy(6))
+        together = [h.result().choices[0].token_ids for h in handles]
+        # one step prefills all four prompts, then five decode steps run them side by side
+        assert [len(s) for s in steps] == [4] * 6
+        assert sum(item.num_new_tokens for item in steps[0]) == sum(map(len, batch))
+        assert together == one_at_a_time(runner, batch, 6)
+        with pytest.raises(InvalidRequestError, match="outside the vocabulary"):
+            runner.engine.submit_many([batch[0], [0, 300]], greedy(6))
+        assert_all_blocks_free(runner)  # nothing of the rejected batch was queued
     finally:
         runner.shutdown()
 

@@ -148,9 +148,30 @@ class Engine:
 
     # -- the caller's side -------------------------------------------------------------------
     def submit(self, prompt_ids: list[int], params: SamplingParams) -> RequestHandle:
+        return self.submit_many([prompt_ids], params)[0]
+
+    def submit_many(self, prompts: list[list[int]], params: SamplingParams) -> list[RequestHandle]:
+        """Submit several prompts at once: they reach the scheduler together, so that it admits
+        them in the same step as far as its token budget allows (one client's batch, or the
+        bench's concurrent streams). None is submitted if one is invalid."""
         if not self._thread.is_alive():
             raise MistralRsError("the engine has been shut down; create a new Runner")
         params.validate(self.vocab_size)
+        for prompt_ids in prompts:
+            self._validate_prompt(prompt_ids)
+        handles = [RequestHandle(self, len(prompt_ids), params.n) for prompt_ids in prompts]
+        if params.max_tokens == 0:
+            for handle in handles:
+                handle.finished = handle.first_token = handle.submitted
+                for i in range(params.n):
+                    handle._events.put(Delta(i, "", None, finish_reason="length"))
+                handle._events.put(_DONE)
+            return handles
+        self._inbox.put(("submit", [(handle, list(prompt_ids), params)
+                                    for handle, prompt_ids in zip(handles, prompts)]))
+        return handles
+
+    def _validate_prompt(self, prompt_ids: list[int]) -> None:
         if not prompt_ids:
             raise InvalidRequestError("the prompt is empty")
         if not all(0 <= t < self.vocab_size for t in prompt_ids):
@@ -160,15 +181,6 @@ class Engine:
             raise InvalidRequestError(
                 f"the prompt has {len(prompt_ids)} tokens, but the context holds at most "
                 f"{self.max_context}; shorten the prompt")
-        handle = RequestHandle(self, len(prompt_ids), params.n)
-        if params.max_tokens == 0:
-            handle.finished = handle.first_token = handle.submitted
-            for i in range(params.n):
-                handle._events.put(Delta(i, "", None, finish_reason="length"))
-            handle._events.put(_DONE)
-            return handle
-        self._inbox.put(("submit", (handle, list(prompt_ids), params)))
-        return handle
 
     def shutdown(self) -> None:
         self._inbox.put(("stop", None))
@@ -213,23 +225,26 @@ class Engine:
 
     def _handle(self, kind: str, payload) -> None:
         if kind == "submit":
-            handle, prompt_ids, params = payload
-            base_seed = params.seed if params.seed is not None else random.getrandbits(63)
-            choices = [_Choice(handle, i, None, params, base_seed + i,
-                               IncrementalDetokenizer(self.loaded.tokenizer, prompt_ids=prompt_ids))
-                       for i in range(params.n)]
-            # Choice 0's sequence prefills the prompt; the others fork from it once it is done,
-            # sharing its cache blocks.
-            first = choices[0]
-            first.seq = Sequence(prompt_ids, owner=first)
-            first.pending_forks = choices[1:]
-            self._choices[first.seq.seq_id] = first
-            self.scheduler.add(first.seq)
+            for handle, prompt_ids, params in payload:
+                self._admit(handle, prompt_ids, params)
         elif kind == "cancel":
             for choice in [c for c in self._choices.values() if c.handle is payload]:
                 self._retire(choice)
             payload.finished = payload.finished or time.perf_counter()
             payload._events.put(_DONE)
+
+    def _admit(self, handle: RequestHandle, prompt_ids: list[int], params: SamplingParams) -> None:
+        base_seed = params.seed if params.seed is not None else random.getrandbits(63)
+        choices = [_Choice(handle, i, None, params, base_seed + i,
+                           IncrementalDetokenizer(self.loaded.tokenizer, prompt_ids=prompt_ids))
+                   for i in range(params.n)]
+        # Choice 0's sequence prefills the prompt; the others fork from it once it is done,
+        # sharing its cache blocks.
+        first = choices[0]
+        first.seq = Sequence(prompt_ids, owner=first)
+        first.pending_forks = choices[1:]
+        self._choices[first.seq.seq_id] = first
+        self.scheduler.add(first.seq)
 
     def _step(self) -> None:
         scheduled = self.scheduler.schedule()
