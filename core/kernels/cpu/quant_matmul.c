@@ -663,10 +663,20 @@ typedef struct {
 
 #define MT 4 /* rows of x per kernel call */
 
+/* Ask for record b of the group `ahead` (the next one, NULL for none) while working on record b
+ * of this one: the weights come from memory (a model's are several times the L3), and the
+ * hardware prefetcher does not fetch the next group's records in time. One record at a time
+ * rather than the whole group at once, which asks for more lines than can be in flight. */
+static inline void prefetch_record(const uint8_t *ahead, int b, long long rb) {
+    if (!ahead) return;
+    for (long long at = 0; at < rb; at += 64) __builtin_prefetch(ahead + b * rb + at, 0, 2);
+}
+
 #if MRS_VNNI
 static inline __attribute__((always_inline)) void tile_vnni(
     const uint8_t *wg, int blocks, const layout_t *lp, const uint8_t *acts, long long k,
-    long long m0, int mt, float *out, long long out_stride, int cols, int accumulate) {
+    long long m0, int mt, float *out, long long out_stride, int cols, int accumulate,
+    const uint8_t *ahead) {
     const layout_t l = *lp;
     const int np = num_planes(&l), nsub = BLOCK / l.sub, es = l.f16 ? 2 : 4;
     const long long rb = record_bytes(&l);
@@ -676,6 +686,7 @@ static inline __attribute__((always_inline)) void tile_vnni(
     const __m512i low4 = _mm512_set1_epi8(15);
     for (int b = 0; b < blocks; b++) {
         const uint8_t *rec = wg + (long long)b * rb;
+        prefetch_record(ahead, b, rb);
         const uint8_t *planes = rec + code_bytes(&l), *scales = planes + 64 * np;
         __m512i w[8];
         if (l.bits == 8) {
@@ -784,7 +795,8 @@ static inline __m256i chunks_dot(const __m256i *w, const __m256i *w_abs, const i
  * (bytes 32 * half .. + 31 of every 64-byte chunk), the whole row range once per half. */
 static inline __attribute__((always_inline)) void tile_avx2(
     const uint8_t *wg, int blocks, const layout_t *lp, const uint8_t *acts, long long k,
-    long long m0, int mt, float *out, long long out_stride, int cols, int accumulate) {
+    long long m0, int mt, float *out, long long out_stride, int cols, int accumulate,
+    const uint8_t *ahead) {
     const layout_t l = *lp;
     const int np = num_planes(&l), nsub = BLOCK / l.sub, es = l.f16 ? 2 : 4;
     const int offset = l.bits == 8 ? 0 : l.offset;
@@ -797,6 +809,7 @@ static inline __attribute__((always_inline)) void tile_avx2(
         for (int r = 0; r < mt; r++) acc[r] = _mm256_setzero_ps();
         for (int b = 0; b < blocks; b++) {
             const uint8_t *record = wg + (long long)b * rb, *rec = record + 32 * half;
+            if (half == 0) prefetch_record(ahead, b, rb);
             const uint8_t *high = record + code_bytes(&l), *planes = high + 4 * half;
             const uint8_t *scales = high + 64 * np;
             __m256i w[8], w_abs[8];
@@ -878,7 +891,8 @@ static inline __attribute__((always_inline)) void tile_avx2(
 /* Portable version of the same arithmetic (any CPU; the compiler vectorizes what it can). */
 static void tile_portable(const uint8_t *wg, int blocks, const layout_t *lp, const uint8_t *acts,
                           long long k, long long m0, int mt, float *out, long long out_stride,
-                          int cols, int accumulate) {
+                          int cols, int accumulate, const uint8_t *ahead) {
+    (void)ahead;
     const layout_t l = *lp;
     const int nsub = BLOCK / l.sub;
     const long long rb = record_bytes(&l);
@@ -911,7 +925,7 @@ static void tile_portable(const uint8_t *wg, int blocks, const layout_t *lp, con
 }
 
 typedef void (*tile_fn)(const uint8_t *, int, const layout_t *, const uint8_t *, long long,
-                        long long, int, float *, long long, int, int);
+                        long long, int, float *, long long, int, int, const uint8_t *);
 
 #if MRS_VNNI || MRS_AVX2
 #if MRS_VNNI
@@ -923,15 +937,15 @@ typedef void (*tile_fn)(const uint8_t *, int, const layout_t *, const uint8_t *,
 #define TILE_FOR(T, name, ...)                                                                \
     static void tile_##name(const uint8_t *wg, int blocks, const layout_t *lp,                 \
                             const uint8_t *acts, long long k, long long m0, int mt, float *out, \
-                            long long os, int cols, int acc) {                                 \
+                            long long os, int cols, int acc, const uint8_t *ahead) {           \
         (void)lp;                                                                              \
         const layout_t l = {__VA_ARGS__};                                                      \
         switch (mt) {                                                                          \
-        case 1: TILE(wg, blocks, &l, acts, k, m0, 1, out, os, cols, acc); return;              \
-        case 2: TILE(wg, blocks, &l, acts, k, m0, 2, out, os, cols, acc); return;              \
-        case 3: TILE(wg, blocks, &l, acts, k, m0, 3, out, os, cols, acc); return;              \
-        case 4: TILE(wg, blocks, &l, acts, k, m0, 4, out, os, cols, acc); return;              \
-        default: TILE(wg, blocks, &l, acts, k, m0, MT, out, os, cols, acc); return;            \
+        case 1: TILE(wg, blocks, &l, acts, k, m0, 1, out, os, cols, acc, ahead); return;       \
+        case 2: TILE(wg, blocks, &l, acts, k, m0, 2, out, os, cols, acc, ahead); return;       \
+        case 3: TILE(wg, blocks, &l, acts, k, m0, 3, out, os, cols, acc, ahead); return;       \
+        case 4: TILE(wg, blocks, &l, acts, k, m0, 4, out, os, cols, acc, ahead); return;       \
+        default: TILE(wg, blocks, &l, acts, k, m0, MT, out, os, cols, acc, ahead); return;     \
         }                                                                                      \
     }
 MRS_TYPES(TILE_FOR)
@@ -977,14 +991,10 @@ static void matmul_part(void *arg, int part, int parts) {
         const int cols = job->n - g * LANES < LANES ? job->n - g * LANES : LANES;
         const long long group_bytes = c->blocks * record_bytes(&c->layouts[j]);
         const uint8_t *wg = job->w + (long long)g * group_bytes;
-        /* With several row tiles a group's records are read while the next group's could be
-         * on their way from memory, which the hardware prefetcher does not fetch in time
-         * (16 rows, weights not in the caches: ~10-14% faster). One row tile streams anyway. */
-        if (c->tiles > 1 && m0 == 0 && (g + 1) * LANES < job->n)
-            for (long long at = 0; at < group_bytes; at += 64)
-                __builtin_prefetch(wg + group_bytes + at, 0, 2);
+        /* the first row tile of a group fetches the next group's records as it goes */
+        const uint8_t *ahead = m0 == 0 && (g + 1) * LANES < job->n ? wg + group_bytes : NULL;
         tile_for(job->qtype)(wg, c->blocks, &c->layouts[j], c->scratch, c->k, m0, mt,
-                             job->out + g * LANES, job->out_stride, cols, job->accumulate);
+                             job->out + g * LANES, job->out_stride, cols, job->accumulate, ahead);
     }
 }
 
