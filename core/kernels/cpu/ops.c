@@ -471,20 +471,78 @@ static inline __attribute__((always_inline)) void accumulate_values(
         }
 }
 
+/* The positions [lo, hi) of its sequence that work item `item` attends to. */
+static void item_positions(const decode_ctx *c, long long item, int *lo, int *hi) {
+    const long long task = item / c->splits;
+    const int split = (int)(item % c->splits);
+    const int context = c->context_lens[task / c->kv_heads];
+    const int first = c->window > 0 && context > c->window ? context - c->window : 0;
+    *lo = first + (int)((long long)(context - first) * split / c->splits);
+    *hi = first + (int)((long long)(context - first) * (split + 1) / c->splits);
+}
+
+/* Ask for the key and value rows of the chunk at `start` of work item `item` (start < 0: its
+ * first chunk), one chunk before they are read: with the prefetch of each block as its rows
+ * are first used (cache_rows) alone, the reads wait on memory at every chunk. */
+static void prefetch_chunk(const decode_ctx *c, long long item, int start, const int f16) {
+    const int es = f16 ? 2 : 4, bs = c->block_size;
+    const long long task = item / c->splits;
+    const int b = (int)(task / c->kv_heads), kvh = (int)(task % c->kv_heads);
+    int lo, hi;
+    item_positions(c, item, &lo, &hi);
+    if (start < 0) start = lo;
+    const int end = hi - start < CHUNK ? hi : start + CHUNK;
+    const int32_t *table = c->block_tables + b * c->table_stride;
+    for (int p = start; p < end;) {
+        const int rows = bs - p % bs < end - p ? bs - p % bs : end - p;
+        const long long block = table[p / bs], slot = p % bs;
+        prefetch_rows(c->k_cache + (kvh * c->kh + block * c->kb + slot * c->ks) * es, c->ks * es,
+                      rows, c->dk * es);
+        prefetch_rows(c->v_cache + (kvh * c->vh + block * c->vb + slot * c->vs) * es, c->vs * es,
+                      rows, c->dv * es);
+        p += rows;
+    }
+}
+
+/* s[j] *= scale, then soft-capped (softcap > 0: softcap * tanh(s / softcap)), for j < n;
+ * returns their maximum (NaN scores left out). */
+static float scale_scores(float *s, int n, float scale, float softcap) {
+    int j = 0;
+    float max = -INFINITY;
+#if MRS_AVX512
+    if (softcap <= 0.0f) {
+        __m512 m = _mm512_set1_ps(-INFINITY);
+        for (; j + 16 <= n; j += 16) {
+            const __m512 v = _mm512_mul_ps(_mm512_loadu_ps(s + j), _mm512_set1_ps(scale));
+            _mm512_storeu_ps(s + j, v);
+            m = _mm512_max_ps(v, m); /* m where v is NaN */
+        }
+        max = _mm512_reduce_max_ps(m);
+    }
+#endif
+    for (; j < n; j++) {
+        s[j] *= scale;
+        if (softcap > 0.0f) s[j] = softcap * tanhf(s[j] / softcap);
+        max = s[j] > max ? s[j] : max;
+    }
+    return max;
+}
+
 static inline __attribute__((always_inline)) void decode_items(const decode_ctx *c, int part,
                                                                int parts, const int f16) {
     const int dk = c->dk, dv = c->dv, bs = c->block_size, group = c->group, es = f16 ? 2 : 4;
     float scores[group][CHUNK];
+#if MRS_AVX512
+    float keys[16 * dk];
+#endif
     const void *krows[CHUNK], *vrows[CHUNK];
     PART_RANGE(c->items, part, parts, first_item, last_item);
     for (long long item = first_item; item < last_item; item++) {
         const long long task = item / c->splits;
         const int split = (int)(item % c->splits);
         const int b = (int)(task / c->kv_heads), kvh = (int)(task % c->kv_heads);
-        const int context = c->context_lens[b];
-        const int first = c->window > 0 && context > c->window ? context - c->window : 0;
-        const int lo = first + (int)((long long)(context - first) * split / c->splits);
-        const int hi = first + (int)((long long)(context - first) * (split + 1) / c->splits);
+        int lo, hi;
+        item_positions(c, item, &lo, &hi);
         const int32_t *table = c->block_tables + b * c->table_stride;
         const char *k_head = c->k_cache + kvh * c->kh * es, *v_head = c->v_cache + kvh * c->vh * es;
         const float *q0 = c->q + b * c->q_b + (long long)kvh * group * c->q_h;
@@ -496,25 +554,34 @@ static inline __attribute__((always_inline)) void decode_items(const decode_ctx 
         }
         for (int start = lo; start < hi; start += CHUNK) {
             const int n = hi - start < CHUNK ? hi - start : CHUNK;
+            if (start + CHUNK < hi) prefetch_chunk(c, item, start + CHUNK, f16);
+            else if (item + 1 < last_item) prefetch_chunk(c, item + 1, -1, f16);
             cache_rows(k_head, table, c->kb * es, c->ks * es, bs, start, n, dk * es, krows);
             cache_rows(v_head, table, c->vb * es, c->vs * es, bs, start, n, dv * es, vrows);
+            for (int j = 0; j < n; j += 16) {
+#if MRS_AVX512
+                if (j + 16 <= n && dk % 16 == 0 && (start + j) / bs == (start + j + 15) / bs) {
+                    /* 16 rows of one block; float16 ones converted once for all the heads */
+                    if (f16 && group > 1) {
+                        for (int r = 0; r < 16; r++)
+                            for (int i = 0; i < dk; i += 16)
+                                _mm512_storeu_ps(keys + r * dk + i, load16(krows[j + r], i, 1));
+                        for (int g = 0; g < group; g++)
+                            dots16_strided(q0 + g * c->q_h, (const char *)keys, dk * 4, dk, scores[g] + j, 0);
+                    } else {
+                        for (int g = 0; g < group; g++)
+                            dots16_strided(q0 + g * c->q_h, krows[j], c->ks * es, dk, scores[g] + j, f16);
+                    }
+                    continue;
+                }
+#endif
+                for (int g = 0; g < group; g++)
+                    dots(q0 + g * c->q_h, krows + j, n - j < 16 ? n - j : 16, dk, scores[g] + j, f16);
+            }
             for (int g = 0; g < group; g++) {
                 float *sc = scores[g];
-                for (int j = 0; j < n; j += 16) {
-#if MRS_AVX512
-                    if (j + 16 <= n && dk % 16 == 0 && (start + j) / bs == (start + j + 15) / bs) {
-                        dots16_strided(q0 + g * c->q_h, krows[j], c->ks * es, dk, sc + j, f16);
-                        continue;
-                    }
-#endif
-                    dots(q0 + g * c->q_h, krows + j, n - j < 16 ? n - j : 16, dk, sc + j, f16);
-                }
-                float *st = partial_of(c, task, split, g), *o = st + 2, chunk_max = -INFINITY;
-                for (int j = 0; j < n; j++) {
-                    sc[j] *= c->scale;
-                    if (c->softcap > 0.0f) sc[j] = c->softcap * tanhf(sc[j] / c->softcap);
-                    chunk_max = sc[j] > chunk_max ? sc[j] : chunk_max;
-                }
+                float *st = partial_of(c, task, split, g), *o = st + 2;
+                const float chunk_max = scale_scores(sc, n, c->scale, c->softcap);
                 const float new_max = chunk_max > st[0] ? chunk_max : st[0];
                 const float rescale = expf(st[0] - new_max);
                 if (rescale != 1.0f)
