@@ -11,8 +11,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from mistralrs import Runner, Which
 from mistralrs.default_model import default_model_path
 from mistralrs.engine import Engine, SamplingParams
-from mistralrs.errors import InvalidRequestError
 from mistralrs.engine.model_runner import _zeros, kv_bytes_per_block
+from mistralrs.errors import InvalidRequestError
 from tiny_models import save_hf_model
 
 

@@ -483,7 +483,9 @@ static void item_positions(const decode_ctx *c, long long item, int *lo, int *hi
 
 /* Ask for the key and value rows of the chunk at `start` of work item `item` (start < 0: its
  * first chunk), one chunk before they are read: with the prefetch of each block as its rows
- * are first used (cache_rows) alone, the reads wait on memory at every chunk. */
+ * are first used (cache_rows) alone, the reads wait on memory at every chunk. cache_rows still
+ * asks again right before the reads: a chunk is more lines than can be in flight at once, and
+ * without the second request the 16-stream attention took 7.8-9.9 ms instead of 5.1-6.0. */
 static void prefetch_chunk(const decode_ctx *c, long long item, int start, const int f16) {
     const int es = f16 ? 2 : 4, bs = c->block_size;
     const long long task = item / c->splits;
