@@ -69,7 +69,7 @@ def decode_logits(runner: ModelRunner, prompts: list[list[int]], steps: int,
         for seq in seqs:
             seq.append(7 + step)
             blocks.grow(seq, len(seq))
-        out.append(runner.run([ScheduledSequence(seq, 1) for seq in seqs]))
+        out.append(runner.run([ScheduledSequence(seq, 1) for seq in seqs]).clone())
         for seq in seqs:
             seq.num_computed += 1
     return torch.stack(out)

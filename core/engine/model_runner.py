@@ -129,7 +129,8 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, scheduled: list[ScheduledSequence], all_logits: bool = False) -> torch.Tensor:
         """Logits [rows, vocab]: one row per sequence whose input is complete, or with
-        `all_logits` one row per new token (for scoring and tests)."""
+        `all_logits` one row per new token (for scoring and tests). A replayed decode step's
+        logits are the recording's buffer: read them before the next `run` (or clone them)."""
         if self.decode_graphs is not None and not all_logits and all(
                 item.num_new_tokens == 1 and item.completes_input for item in scheduled):
             logits = self._replay_decode(scheduled)

@@ -299,14 +299,20 @@ def test_gated_activation_matches_torch(kernels, act, reference):
                                rtol=1e-5, atol=1e-5)
 
 
-def test_argmax_takes_the_first_of_tied_maxima_and_flags_nan_rows(kernels):
-    logits = torch.randn(4, 1000, generator=torch.Generator().manual_seed(0))
-    logits[1, [17, 600]] = 50.0
+@pytest.mark.parametrize("width", [40, 1000, 4099])
+def test_argmax_takes_the_first_of_tied_maxima_and_flags_nan_rows(kernels, width):
+    logits = torch.randn(7, width, generator=torch.Generator().manual_seed(width))
+    logits[1, [17, 33]] = 50.0  # ties in two different lanes' chains
     logits[2] = 0.0
     logits[3, 5] = float("nan")
+    logits[4, [width - 1, width - 2]] = 60.0  # in the columns after the vector loop
+    logits[5, [width - 3, 30]] = 70.0
+    logits[6, width - 1] = float("nan")
     argmax, nan = ops.argmax_rows(logits)
     assert argmax[:3] == [int(logits[0].argmax()), 17, 0]
-    assert nan == [False, False, False, True]
+    assert argmax[4:6] == [width - 2, 30]
+    assert argmax[4:6] == logits[4:6].argmax(-1).tolist()  # torch: the first maximal index
+    assert nan == [False, False, False, True, False, False, True]
 
 
 def test_calls_from_two_threads_at_once_give_the_same_results():

@@ -712,28 +712,38 @@ void mrs_argmax_rows(const float *x, long long rows, long long cols, long long s
         float best_value = cols ? row[0] : 0.0f;
         int has_nan = 0;
 #if MRS_AVX512
-        if (cols >= 16) {
-            /* lane-wise maxima (first index per lane on ties), then the best lane */
-            __m512 value = _mm512_loadu_ps(row);
-            __m512i index = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-            __m512i at = index;
-            const __m512i step = _mm512_set1_epi32(16);
-            __mmask16 unordered = _mm512_cmp_ps_mask(value, value, _CMP_UNORD_Q);
-            for (i = 16; i + 16 <= cols && cols < (1ll << 31); i += 16) {
-                at = _mm512_add_epi32(at, step);
-                const __m512 v = _mm512_loadu_ps(row + i);
-                unordered |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-                const __mmask16 better = _mm512_cmp_ps_mask(v, value, _CMP_GT_OQ);
-                value = _mm512_mask_mov_ps(value, better, v);
-                index = _mm512_mask_mov_epi32(index, better, at);
+        if (cols >= 64 && cols < (1ll << 31)) {
+            /* lane-wise maxima of 4 interleaved sets of 16 columns (4 independent chains of
+             * compare and select, first index per lane on ties), then the best lane */
+            __m512 value[4];
+            __m512i index[4];
+            __mmask16 unordered = 0;
+            const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+            for (int t = 0; t < 4; t++) {
+                value[t] = _mm512_loadu_ps(row + 16 * t);
+                index[t] = _mm512_add_epi32(lanes, _mm512_set1_epi32(16 * t));
+                unordered |= _mm512_cmp_ps_mask(value[t], value[t], _CMP_UNORD_Q);
             }
-            float values[16];
-            int32_t indices[16];
-            _mm512_storeu_ps(values, value);
-            _mm512_storeu_si512(indices, index);
+            __m512i at = lanes;
+            for (i = 64; i + 64 <= cols; i += 64) {
+                at = _mm512_add_epi32(at, _mm512_set1_epi32(64));
+                for (int t = 0; t < 4; t++) {
+                    const __m512 v = _mm512_loadu_ps(row + i + 16 * t);
+                    unordered |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+                    const __mmask16 better = _mm512_cmp_ps_mask(v, value[t], _CMP_GT_OQ);
+                    value[t] = _mm512_mask_mov_ps(value[t], better, v);
+                    index[t] = _mm512_mask_mov_epi32(index[t], better, _mm512_add_epi32(at, _mm512_set1_epi32(16 * t)));
+                }
+            }
+            float values[64];
+            int32_t indices[64];
+            for (int t = 0; t < 4; t++) {
+                _mm512_storeu_ps(values + 16 * t, value[t]);
+                _mm512_storeu_si512(indices + 16 * t, index[t]);
+            }
             best = indices[0];
             best_value = values[0];
-            for (int lane = 1; lane < 16; lane++)
+            for (int lane = 1; lane < 64; lane++)
                 if (values[lane] > best_value || (values[lane] == best_value && indices[lane] < best)) {
                     best_value = values[lane];
                     best = indices[lane];
