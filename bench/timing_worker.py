@@ -10,7 +10,11 @@ Measured, best of `--repeats`:
 - prefill: prompt tokens / time from submitting the prompt to its first sampled token;
 - decode: generated tokens after the first / their time;
 - memory: peak RSS of the process, and RSS just before loading (the libraries alone, for us
-  torch and the native CPU kernels, loaded before the baseline as llama.cpp's are).
+  torch and the native CPU kernels, loaded before the baseline as llama.cpp's are);
+- with `--streams-json` (after the memory figures are taken): the decode rate of one stream
+  and the aggregate decode rate of all those prompts decoding side by side, each prompt with
+  its own sequence in one batch (llama.cpp: one `llama_decode` per step over all sequences,
+  as its batched-bench does), tokens after the first / the decode phase's time.
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ def _peak_rss_mib() -> float:
 
 
 def measure_ours(model: str, prompt: list[int], gen_tokens: int, threads: int, context: int,
-                 repeats: int) -> dict:
+                 repeats: int, streams: list[list[int]], stream_tokens: int) -> dict:
     from pathlib import Path
 
     import torch
@@ -71,13 +75,37 @@ def measure_ours(model: str, prompt: list[int], gen_tokens: int, threads: int, c
         decode.append(gen_tokens / (out.finished - out.first_token))
         tokens = out.choices[0].token_ids
     engine.shutdown()
-    return dict(load_s=load_s, first_request_s=first_request_s, prefill_tok_s=max(prefill),
-                decode_tok_s=max(decode), tokens=tokens, rss_before_load_mib=rss_before,
-                peak_rss_mib=_peak_rss_mib(), kv_cache_mib=kv_bytes / 2**20)
+    result = dict(load_s=load_s, first_request_s=first_request_s, prefill_tok_s=max(prefill),
+                  decode_tok_s=max(decode), tokens=tokens, rss_before_load_mib=rss_before,
+                  peak_rss_mib=_peak_rss_mib(), kv_cache_mib=kv_bytes / 2**20)
+    if streams:
+        result.update(_streams_ours(loaded, streams, stream_tokens, block_size, repeats))
+    return result
+
+
+def _streams_ours(loaded, streams: list[list[int]], gen_tokens: int, block_size: int,
+                  repeats: int) -> dict:
+    from mistralrs.bench import aggregate_decode_rate
+    from mistralrs.engine import Engine, SamplingParams
+    from mistralrs.engine.model_runner import kv_bytes_per_block
+
+    blocks = len(streams) * -(-(max(map(len, streams)) + gen_tokens) // block_size)
+    engine = Engine(loaded, max_seqs=len(streams), block_size=block_size,
+                    kv_cache_bytes=kv_bytes_per_block(loaded.model, block_size, loaded.dtype,
+                                                      loaded.device) * blocks,
+                    enable_prefix_caching=False)
+    params = SamplingParams(max_tokens=gen_tokens, temperature=0.0, ignore_eos=True)
+    one, together = [], []
+    for _ in range(repeats + 1):  # the first round records the decode steps
+        one.append(aggregate_decode_rate([engine.submit(streams[0], params).result()]))
+        together.append(aggregate_decode_rate(
+            [h.result() for h in engine.submit_many(streams, params)]))
+    engine.shutdown()
+    return dict(one_stream_tok_s=max(one[1:]), streams_tok_s=max(together[1:]))
 
 
 def measure_llamacpp(model: str, prompt: list[int], gen_tokens: int, threads: int, context: int,
-                     repeats: int) -> dict:
+                     repeats: int, streams: list[list[int]], stream_tokens: int) -> dict:
     import numpy as np
     from llama_cpp import Llama
 
@@ -112,9 +140,57 @@ def measure_llamacpp(model: str, prompt: list[int], gen_tokens: int, threads: in
             llm.eval([tokens[-1]])
             tokens.append(greedy_next())
         decode.append(gen_tokens / (time.perf_counter() - start))
-    return dict(load_s=load_s, first_request_s=first_request_s, prefill_tok_s=max(prefill),
-                decode_tok_s=max(decode), tokens=tokens, rss_before_load_mib=rss_before,
-                peak_rss_mib=_peak_rss_mib())
+    result = dict(load_s=load_s, first_request_s=first_request_s, prefill_tok_s=max(prefill),
+                  decode_tok_s=max(decode), tokens=tokens, rss_before_load_mib=rss_before,
+                  peak_rss_mib=_peak_rss_mib())
+    if streams:
+        rates = [[_streams_llamacpp(llm, s, stream_tokens, threads) for s in ([streams[0]], streams)]
+                 for _ in range(repeats + 1)]
+        result.update(one_stream_tok_s=max(r[0] for r in rates[1:]),
+                      streams_tok_s=max(r[1] for r in rates[1:]))
+    return result
+
+
+def _streams_llamacpp(llm, streams: list[list[int]], gen_tokens: int, threads: int) -> float:
+    """Aggregate greedy decode rate of `streams` in one batch of sequences, in a context of
+    their own (llama.cpp's KV cache split by sequence, its faster choice for unshared prompts:
+    `kv_unified=False`)."""
+    import llama_cpp as lc
+    import numpy as np
+
+    n, longest = len(streams), max(map(len, streams))
+    params = lc.llama_context_default_params()
+    params.n_ctx = n * (longest + gen_tokens + 16)
+    params.n_batch = n * longest
+    params.n_ubatch = 512
+    params.n_seq_max = n
+    params.n_threads = params.n_threads_batch = threads
+    params.kv_unified = False
+    ctx = lc.llama_init_from_model(llm._model.model, params)
+    batch = lc.llama_batch_init(n * longest, 0, 1)
+    vocab = llm.n_vocab()
+
+    def decode(items: list[tuple[int, int, int, bool]]) -> np.ndarray:
+        """Evaluate (token, position, sequence, wants logits) items; the greedy next tokens."""
+        batch.n_tokens = len(items)
+        for i, (token, pos, seq, logits) in enumerate(items):
+            batch.token[i], batch.pos[i], batch.logits[i] = token, pos, logits
+            batch.n_seq_id[i], batch.seq_id[i][0] = 1, seq
+        if lc.llama_decode(ctx, batch) != 0:
+            raise RuntimeError("llama_decode failed")
+        return np.ctypeslib.as_array(lc.llama_get_logits(ctx), shape=(n, vocab)).argmax(-1)
+
+    try:
+        tokens = decode([(t, p, s, p == len(ids) - 1) for s, ids in enumerate(streams)
+                         for p, t in enumerate(ids)])
+        start = time.perf_counter()
+        for step in range(gen_tokens - 1):
+            tokens = decode([(int(tokens[s]), len(ids) + step, s, True)
+                             for s, ids in enumerate(streams)])
+        return n * (gen_tokens - 1) / (time.perf_counter() - start)
+    finally:
+        lc.llama_batch_free(batch)
+        lc.llama_free(ctx)
 
 
 def main() -> None:
@@ -126,12 +202,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--context", type=int, required=True)
     parser.add_argument("--repeats", type=int, required=True)
+    parser.add_argument("--streams-json", help="a JSON list of prompts (token id lists) to "
+                        "decode one alone and all side by side")
+    parser.add_argument("--stream-tokens", type=int, default=128,
+                        help="tokens each of those prompts generates")
     args = parser.parse_args()
     with open(args.prompt_json) as f:
         prompt = json.load(f)
+    streams = []
+    if args.streams_json:
+        with open(args.streams_json) as f:
+            streams = json.load(f)
     measure = measure_ours if args.engine == "ours" else measure_llamacpp
     result = measure(args.model, prompt, args.gen_tokens, args.threads, args.context,
-                     args.repeats)
+                     args.repeats, streams, args.stream_tokens)
     print(json.dumps(result))
 
 

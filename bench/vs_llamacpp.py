@@ -3,7 +3,11 @@
     .venv/bin/python bench/vs_llamacpp.py [--rounds 3] [--threads 2] [--models smollm2 gemma3]
 
 Same GGUF file, same prompt token ids (512 by default), same thread count, same context size,
-greedy decoding of 128 tokens, both in this one run. Every round starts a fresh process per
+greedy decoding of 128 tokens, both in this one run. Then batched decoding: the same 16
+random-token prompts of 128 tokens (`--streams`, `--stream-prompt-tokens`) each generate 128
+tokens, first one prompt alone, then all of them side by side, and the table gives both
+aggregate decode rates and their ratio (what `mistralrs bench --concurrency 1 16` reports for
+us alone). Every round starts a fresh process per
 engine and model (`timing_worker.py`), alternating the engines, and the table keeps each
 engine's best value over all rounds: the machine may be shared, and the best run is the one
 least disturbed. The ratio column is ours / llama.cpp (above 1 is better for us, except for load
@@ -24,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from mistralrs.bench import random_prompts
 from mistralrs.default_model import default_model_path
 from mistralrs.loading.gguf_file import GGUFFile
 from mistralrs.loading.tokenizer import Tokenizer
@@ -65,8 +70,7 @@ def llamacpp_python() -> Path:
     return python
 
 
-def prompt_ids(model: Path, length: int) -> list[int]:
-    tokenizer = Tokenizer.from_gguf_metadata(GGUFFile.open([model]).metadata)
+def prompt_ids(tokenizer: Tokenizer, length: int) -> list[int]:
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     body = tokenizer.encode(PROMPT_TEXT, add_special_tokens=False)
     ids = bos + body * (length // len(body) + 1)
@@ -74,11 +78,13 @@ def prompt_ids(model: Path, length: int) -> list[int]:
 
 
 def run_worker(python: Path, engine: str, model: Path, prompt_file: Path,
-               args: argparse.Namespace) -> dict:
+               streams_file: Path | None, args: argparse.Namespace) -> dict:
     cmd = [str(python), str(WORKER), "--engine", engine, "--model", str(model),
            "--prompt-json", str(prompt_file), "--gen-tokens", str(args.gen_tokens),
            "--threads", str(args.threads), "--context", str(args.context),
-           "--repeats", str(args.repeats)]
+           "--repeats", str(args.repeats), "--stream-tokens", str(args.stream_tokens)]
+    if streams_file is not None:
+        cmd += ["--streams-json", str(streams_file)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"{engine} worker failed on {model.name}:\n{done.stderr[-4000:]}")
@@ -90,8 +96,9 @@ def best_of(runs: list[dict]) -> dict:
     for run in runs[1:]:
         for key in ("load_s", "first_request_s", "peak_rss_mib", "rss_before_load_mib"):
             best[key] = min(best[key], run[key])
-        for key in ("prefill_tok_s", "decode_tok_s"):
-            best[key] = max(best[key], run[key])
+        for key in ("prefill_tok_s", "decode_tok_s", "one_stream_tok_s", "streams_tok_s"):
+            if key in best:
+                best[key] = max(best[key], run[key])
     return best
 
 
@@ -117,6 +124,16 @@ def table(name: str, path: Path, ours: dict, theirs: dict, args: argparse.Namesp
         ("peak RSS (MiB)", ours["peak_rss_mib"], theirs["peak_rss_mib"], "{:.0f}"),
         ("peak RSS - RSS before load (MiB)", ours_model_mib, theirs_model_mib, "{:.0f}"),
     ]
+    if "streams_tok_s" in ours:
+        n, sizes = args.streams, f"{args.stream_prompt_tokens}-token prompts, {args.stream_tokens} tokens"
+        rows += [
+            (f"decode tok/s, 1 stream ({sizes})", ours["one_stream_tok_s"],
+             theirs["one_stream_tok_s"], "{:.1f}"),
+            (f"decode tok/s, {n} streams side by side, total", ours["streams_tok_s"],
+             theirs["streams_tok_s"], "{:.1f}"),
+            (f"{n} streams / 1 stream", ours["streams_tok_s"] / ours["one_stream_tok_s"],
+             theirs["streams_tok_s"] / theirs["one_stream_tok_s"], "{:.2f}"),
+        ]
     lines = [f"### {name}: `{path.name}` ({file_mib:.0f} MiB), {args.threads} threads", "",
              "| metric | ours | llama.cpp | ours / llama.cpp |", "| --- | ---: | ---: | ---: |"]
     for label, a, b, fmt in rows:
@@ -143,6 +160,11 @@ def main() -> None:
                         help="fresh processes per engine and model, alternating engines")
     parser.add_argument("--repeats", type=int, default=3,
                         help="prefill and decode measurements inside each process")
+    parser.add_argument("--streams", type=int, default=16,
+                        help="prompts decoded side by side (0: no batched decoding)")
+    parser.add_argument("--stream-prompt-tokens", type=int, default=128)
+    parser.add_argument("--stream-tokens", type=int, default=128,
+                        help="tokens each of the side-by-side prompts generates")
     args = parser.parse_args()
     if args.prompt_tokens + args.gen_tokens + 1 > args.context:
         raise SystemExit("--context must hold the prompt and the generated tokens")
@@ -156,12 +178,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             path = paths[name]
+            tokenizer = Tokenizer.from_gguf_metadata(GGUFFile.open([path]).metadata)
             prompt_file = Path(tmp) / f"{name}.json"
-            prompt_file.write_text(json.dumps(prompt_ids(path, args.prompt_tokens)))
+            prompt_file.write_text(json.dumps(prompt_ids(tokenizer, args.prompt_tokens)))
+            streams_file = None
+            if args.streams:
+                streams_file = Path(tmp) / f"{name}-streams.json"
+                streams_file.write_text(json.dumps(random_prompts(
+                    args.streams, args.stream_prompt_tokens, tokenizer.vocab_size, seed=0)))
             ours, theirs = [], []
             for _ in range(args.rounds):
-                ours.append(run_worker(ours_python, "ours", path, prompt_file, args))
-                theirs.append(run_worker(llamacpp, "llamacpp", path, prompt_file, args))
+                ours.append(run_worker(ours_python, "ours", path, prompt_file, streams_file, args))
+                theirs.append(run_worker(llamacpp, "llamacpp", path, prompt_file, streams_file,
+                                         args))
             print(table(name, path, best_of(ours), best_of(theirs), args), flush=True)
     with open("/proc/loadavg") as f:
         print(f"load average after: {' '.join(f.read().split()[:3])}")

@@ -30,17 +30,24 @@ class BenchResult:
         return asdict(self)
 
 
-def _prompts(count: int, length: int, vocab_size: int, seed: int) -> list[list[int]]:
+def random_prompts(count: int, length: int, vocab_size: int, seed: int) -> list[list[int]]:
     """Random token prompts, distinct from the first token on, so no prefix is shared."""
     rng = random.Random(seed)
     return [[rng.randrange(vocab_size) for _ in range(length)] for _ in range(count)]
+
+
+def aggregate_decode_rate(outputs: list) -> float:
+    """Tokens generated after the first ones by requests that decoded side by side, per second
+    of the decode phase (the first first token to the last finish)."""
+    decode_wall = max(o.finished for o in outputs) - min(o.first_token for o in outputs)
+    return sum(o.completion_tokens - 1 for o in outputs) / max(decode_wall, 1e-9)
 
 
 def run_benchmark(engine: Engine, prompt_tokens: int = 128, generated_tokens: int = 128,
                   concurrency: int = 1, seed: int = 0) -> BenchResult:
     vocab = engine.loaded.tokenizer.vocab_size
     greedy = SamplingParams(max_tokens=generated_tokens, temperature=0.0, ignore_eos=True)
-    warmup, single, *batch = _prompts(concurrency + 2, prompt_tokens, vocab, seed)
+    warmup, single, *batch = random_prompts(concurrency + 2, prompt_tokens, vocab, seed)
     engine.submit(warmup, SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True)).result()
 
     alone = engine.submit(single, SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True))
@@ -56,7 +63,6 @@ def run_benchmark(engine: Engine, prompt_tokens: int = 128, generated_tokens: in
     ttft = [(o.first_token - o.submitted) * 1e3 for o in outputs]
     per_stream = [(o.completion_tokens - 1) / max(o.finished - o.first_token, 1e-9)
                   for o in outputs]
-    decode_wall = max(o.finished for o in outputs) - min(o.first_token for o in outputs)
     return BenchResult(
         prompt_tokens=prompt_tokens,
         generated_tokens=generated_tokens,
@@ -66,7 +72,6 @@ def run_benchmark(engine: Engine, prompt_tokens: int = 128, generated_tokens: in
         ttft_ms_p50=statistics.median(ttft),
         ttft_ms_max=max(ttft),
         decode_tok_per_sec_per_stream=statistics.mean(per_stream),
-        decode_tok_per_sec_aggregate=sum(o.completion_tokens - 1 for o in outputs)
-        / max(decode_wall, 1e-9),
+        decode_tok_per_sec_aggregate=aggregate_decode_rate(outputs),
         wall_sec=wall,
     )
