@@ -1,7 +1,9 @@
 /* The int8 multiply-add throughput of one core, for the instruction the matmul kernels are
  * built on (`-march=native`): AVX-512 VNNI's vpdpbusd on 512 bits (64 multiply-adds), else
  * AVX2's vpmaddubsw on 256 bits (32). 24 independent accumulators, so that the loop is bound
- * by throughput, not latency. Prints multiply-adds per second. Built and run by cpu_matmul.py. */
+ * by throughput, not latency. Prints multiply-adds per second. Built and run by cpu_matmul.py.
+ * Built with -DFLOAT32: the float32 fused multiply-add instead (16 or 8 lanes), the
+ * instruction of the CPU attention kernels, to hold their timings against. */
 #include <immintrin.h>
 #include <stdio.h>
 #include <time.h>
@@ -16,7 +18,19 @@ static double now(void) {
 
 int main(void) {
     const long rounds = 20000000;
-#if defined(__AVX512VNNI__)
+#if defined(FLOAT32) && defined(__AVX512F__)
+    __m512 acc[CHAINS];
+    const __m512 w = _mm512_set1_ps(0.5f), x = _mm512_set1_ps(0.5f); /* converges to 1 */
+    const int macs = 16;
+#define STEP(a) _mm512_fmadd_ps(a, w, x)
+#define ZERO _mm512_setzero_ps()
+#elif defined(FLOAT32)
+    __m256 acc[CHAINS];
+    const __m256 w = _mm256_set1_ps(0.5f), x = _mm256_set1_ps(0.5f);
+    const int macs = 8;
+#define STEP(a) _mm256_fmadd_ps(a, w, x)
+#define ZERO _mm256_setzero_ps()
+#elif defined(__AVX512VNNI__)
     __m512i acc[CHAINS];
     const __m512i w = _mm512_set1_epi8(3), x = _mm512_set1_epi8(5);
     const int macs = 64;
