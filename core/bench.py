@@ -30,6 +30,15 @@ class BenchResult:
         return asdict(self)
 
 
+def median_result(runs: list[BenchResult]) -> BenchResult:
+    """Field by field, the median of repeated runs of one configuration (the machines these
+    figures come from drift by tens of percent within minutes)."""
+    fields = runs[0].to_dict()
+    return BenchResult(**{name: statistics.median(getattr(r, name) for r in runs)
+                          if isinstance(value, float) else value
+                          for name, value in fields.items()})
+
+
 def random_prompts(count: int, length: int, vocab_size: int, seed: int) -> list[list[int]]:
     """Random token prompts, distinct from the first token on, so no prefix is shared."""
     rng = random.Random(seed)

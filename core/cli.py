@@ -20,6 +20,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--chat-template", help="chat template literal or .jinja/.json file")
     group.add_argument("--max-seqs", type=int, default=16)
     group.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    group.add_argument("--pa-cache-type", default="auto", metavar="{auto,int8}",
+                       help="KV cache dtype: auto, or int8 (8-bit keys and values on the CPU, "
+                            "half the memory of float16)")
 
 
 def _which(args: argparse.Namespace):
@@ -39,7 +42,7 @@ def _runner(args: argparse.Namespace):
     from mistralrs import Runner
 
     return Runner(_which(args), max_seqs=args.max_seqs, chat_template=args.chat_template,
-                  device=args.device)
+                  device=args.device, pa_cache_type=args.pa_cache_type)
 
 
 def _stream_answer(runner, messages, args) -> str:
@@ -195,25 +198,36 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import json
 
-    from mistralrs.bench import run_benchmark
+    from mistralrs.bench import median_result, run_benchmark
 
     args.max_seqs = max(args.max_seqs, max(args.concurrency))
     runner = _runner(args)
+    runs: list[list] = [[] for _ in args.concurrency]
     try:
-        results = [run_benchmark(runner.engine, args.prompt_len, args.gen_len, c)
-                   for c in args.concurrency]
+        for _ in range(args.repeats):  # alternating, so that each sees the machine's drift
+            for c, runs_of_c in zip(args.concurrency, runs):
+                runs_of_c.append(run_benchmark(runner.engine, args.prompt_len, args.gen_len, c))
     finally:
         runner.shutdown()
+    results = [median_result(r) for r in runs]
     print(f"model: {runner.loaded.name}  prompt {args.prompt_len} tokens, "
-          f"{args.gen_len} generated")
+          f"{args.gen_len} generated" + (f", median of {args.repeats} runs" if args.repeats > 1
+                                        else ""))
     print(f"{'concurrency':>11} {'prefill tok/s':>14} {'TTFT ms (p50)':>14} "
           f"{'decode tok/s/stream':>20} {'decode tok/s total':>19}")
     for r in results:
         print(f"{r.concurrency:>11} {r.prefill_tok_per_sec:>14.1f} {r.ttft_ms_p50:>14.1f} "
               f"{r.decode_tok_per_sec_per_stream:>20.2f} {r.decode_tok_per_sec_aggregate:>19.2f}")
+    if len(results) > 1:
+        base = results[0]
+        print("decode tok/s total against concurrency " + f"{base.concurrency}: " + ", ".join(
+            f"{r.decode_tok_per_sec_aggregate / base.decode_tok_per_sec_aggregate:.2f}x at "
+            f"{r.concurrency}" for r in results[1:]))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump([r.to_dict() for r in results], f, indent=2)
+            json.dump([{**r.to_dict(), "decode_tok_per_sec_aggregate_runs":
+                        [run.decode_tok_per_sec_aggregate for run in runs_of_c]}
+                       for r, runs_of_c in zip(results, runs)], f, indent=2)
     return 0
 
 
@@ -242,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--gen-len", type=int, default=128)
     bench.add_argument("--concurrency", type=int, nargs="+", default=[1],
                        help="one or more numbers of concurrent requests")
+    bench.add_argument("--repeats", type=_positive, default=1, metavar="N",
+                       help="run the concurrencies N times, alternating, and report medians")
     bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     bench.set_defaults(func=cmd_bench)
 

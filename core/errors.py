@@ -35,3 +35,7 @@ class DuplicateArchitectureError(MistralRsError):
 
 class InvalidRequestError(MistralRsError, ValueError):
     """A request whose fields are out of range or inconsistent."""
+
+
+class EngineOptionError(MistralRsError, ValueError):
+    """An engine option that is unknown or that the model or device cannot take."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -10,12 +11,16 @@ from mistralrs.cli import main
 from tiny_models import save_hf_model
 
 
-def test_bench_command_writes_json(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
                          eos_token_id=257)
-    model_dir = save_hf_model(LlamaForCausalLM(config), tmp_path / "m")
+    return save_hf_model(LlamaForCausalLM(config), tmp_path_factory.mktemp("m"))
+
+
+def test_bench_command_writes_json(model_dir, tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench", "-m", str(model_dir), "--prompt-len", "16", "--gen-len", "8",
                  "--concurrency", "1", "3", "--json", str(out)]) == 0
@@ -26,3 +31,18 @@ def test_bench_command_writes_json(tmp_path, capsys):
         assert r["prefill_tok_per_sec"] > 0 and r["decode_tok_per_sec_aggregate"] > 0
         assert r["ttft_ms_p50"] <= r["ttft_ms_max"]
     assert "decode tok/s total" in capsys.readouterr().out
+
+
+def test_repeated_runs_report_the_median(model_dir, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "-m", str(model_dir), "--prompt-len", "8", "--gen-len", "4",
+                 "--concurrency", "1", "2", "--repeats", "3", "--json", str(out)]) == 0
+    for r in json.loads(out.read_text()):
+        runs = r["decode_tok_per_sec_aggregate_runs"]
+        assert len(runs) == 3 and r["decode_tok_per_sec_aggregate"] == sorted(runs)[1]
+    printed = capsys.readouterr().out
+    assert "median of 3 runs" in printed and "against concurrency 1: " in printed
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "-m", str(model_dir), "--repeats", "0"])
+    assert exit_info.value.code == 2
+    assert "--repeats: expected a positive integer, got 0" in capsys.readouterr().err

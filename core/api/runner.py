@@ -100,8 +100,9 @@ class Runner:
     """Loads a model and serves requests on a background engine; safe to call from many threads.
 
     `max_seqs` bounds the sequences decoded together; `pa_gpu_mem` (MiB) sizes the KV cache
-    and `pa_blk_size` its blocks (tokens per block); `prefix_cache_n=0` turns prefix caching
-    off; `chat_template` overrides the model's (a literal template or a path to a .jinja/.json
+    and `pa_blk_size` its blocks (tokens per block), `pa_cache_type` its dtype ("auto", or
+    "int8": 8-bit keys and values on the CPU, half the memory); `prefix_cache_n=0` turns prefix
+    caching off; `chat_template` overrides the model's (a literal template or a path to a .jinja/.json
     file); `token_source` is `cache`, `none`, `literal:<token>`, `env:<VAR>` or `path:<file>`;
     `truncate_sequence` keeps the end of a prompt too long for the context (leaving room for
     max_tokens, or 10 tokens) instead of rejecting it; `logfile` appends each request and
@@ -109,7 +110,8 @@ class Runner:
 
     def __init__(self, which: Any, max_seqs: int = 16, chat_template: str | None = None,
                  pa_gpu_mem: int | None = None, pa_blk_size: int | None = None,
-                 no_kv_cache: bool = False, prefix_cache_n: int = 16, token_source: str = "cache",
+                 pa_cache_type: str = "auto", no_kv_cache: bool = False,
+                 prefix_cache_n: int = 16, token_source: str = "cache",
                  repeat_last_n: int = 64, device: str | None = None,
                  truncate_sequence: bool = False, logfile: str | None = None,
                  revision: str | None = None, registry: PluginRegistry | None = None,
@@ -131,7 +133,8 @@ class Runner:
         self.engine = Engine(self.loaded, max_seqs=max_seqs,
                              kv_cache_bytes=pa_gpu_mem * 2**20 if pa_gpu_mem else None,
                              block_size=pa_blk_size or 32,
-                             enable_prefix_caching=prefix_cache_n > 0)
+                             enable_prefix_caching=prefix_cache_n > 0,
+                             kv_cache_dtype=pa_cache_type)
 
     # -- prompts -------------------------------------------------------------------------------
     def chat_prompt_ids(self, messages: list[dict[str, Any]] | str) -> list[int]:

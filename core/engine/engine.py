@@ -13,7 +13,7 @@ import torch
 
 from mistralrs.engine.model_runner import ModelRunner, kv_bytes_per_block
 from mistralrs.engine.params import SamplingParams
-from mistralrs.engine.sampler import TokenLogprobs, nan_rows, sample_next
+from mistralrs.engine.sampler import TokenLogprobs, sample_next, scan_rows
 from mistralrs.engine.stop import StopStringMatcher
 from mistralrs.errors import InvalidRequestError, MistralRsError
 from mistralrs.loading.detokenizer import IncrementalDetokenizer
@@ -122,13 +122,15 @@ class Engine:
 
     `submit` is thread-safe. The KV cache gets `kv_cache_bytes` (default: 1 GiB on CPU, half of
     the free GPU memory on CUDA), split into blocks of `block_size` tokens; full blocks are
-    reused across requests that share a prefix unless `enable_prefix_caching` is off."""
+    reused across requests that share a prefix unless `enable_prefix_caching` is off.
+    `kv_cache_dtype` is "auto" or "int8" (an 8-bit cache on the CPU: `mistralrs.kernels.kv_u8`)."""
 
     def __init__(self, loaded: LoadedModel, max_seqs: int = 16, kv_cache_bytes: int | None = None,
                  block_size: int = 32, max_batched_tokens: int = 2048,
-                 enable_prefix_caching: bool = True):
+                 enable_prefix_caching: bool = True, kv_cache_dtype: str = "auto"):
         self.loaded = loaded
-        per_block = kv_bytes_per_block(loaded.model, block_size, loaded.dtype, loaded.device)
+        per_block = kv_bytes_per_block(loaded.model, block_size, loaded.dtype, loaded.device,
+                                       kv_cache_dtype)
         if kv_cache_bytes is None:
             kv_cache_bytes = (torch.cuda.mem_get_info()[0] // 2 if loaded.device.type == "cuda"
                               else 1 << 30)
@@ -137,7 +139,7 @@ class Engine:
         self.scheduler = Scheduler(self.block_manager, max_seqs, max_batched_tokens)
         self.max_context = min(loaded.max_context, num_blocks * block_size)
         self.runner = ModelRunner(loaded.model, num_blocks, block_size, loaded.dtype, loaded.device,
-                                  self.max_context)
+                                  self.max_context, kv_cache_dtype)
         self.vocab_size = loaded.config.vocab_size
         self.num_prefill_tokens = 0
         self._inbox: queue.Queue = queue.Queue()
@@ -273,7 +275,7 @@ class Engine:
             choice.pending_forks = []
         if rows != list(range(logits.shape[0])):
             logits = logits[rows]
-        broken = nan_rows(logits)
+        argmax, broken = scan_rows(logits)
         if any(broken):
             # A model that produces NaN (overflow in half precision, a bad checkpoint) fails the
             # requests concerned, not the whole batch.
@@ -283,10 +285,12 @@ class Engine:
             keep = [i for i, bad in enumerate(broken) if not bad and choices[i].seq.seq_id
                     in self._choices]
             logits, choices = logits[keep], [choices[i] for i in keep]
+            argmax = None if argmax is None else [argmax[i] for i in keep]
             if not choices:
                 return
         tokens, logprobs = sample_next(logits, [c.seq for c in choices],
-                                       [c.params for c in choices], [c.seed for c in choices])
+                                       [c.params for c in choices], [c.seed for c in choices],
+                                       argmax)
         for choice, token, lp in zip(choices, tokens, logprobs):
             self._on_token(choice, token, lp)
 

@@ -1,6 +1,7 @@
 """Turns the scheduler's decisions into one forward pass over the paged KV cache."""
 from __future__ import annotations
 
+import functools
 import math
 import mmap
 
@@ -9,6 +10,8 @@ from torch import nn
 
 from mistralrs.engine.decode_graph import DecodeGraphs
 from mistralrs.engine.heap import LONG_STEP_TOKENS, release_free_memory
+from mistralrs.errors import EngineOptionError
+from mistralrs.kernels import kv_u8
 from mistralrs.layers import Attention, Batch
 from mistralrs.scheduler import ScheduledSequence
 
@@ -21,10 +24,22 @@ def attention_layers(model: nn.Module) -> list[Attention]:
     return layers
 
 
-def kv_cache_dtype(model: nn.Module, dtype: torch.dtype, device: torch.device) -> torch.dtype:
-    """The KV cache's dtype: float16 where the native CPU kernels run the model's quantized
-    matmuls (on int8 activations, as llama.cpp, whose default cache is float16 too: the cache
-    and the attention's reads halve at no measurable cost), the model's dtype otherwise."""
+KV_CACHE_DTYPES = ("auto", "int8")
+"""What `kv_cache_dtype` options name: "auto" (below), "int8" (`kv_u8`'s 8-bit cache)."""
+
+
+def resolve_kv_cache_dtype(model: nn.Module, dtype: torch.dtype, device: torch.device,
+                           requested: str = "auto") -> torch.dtype:
+    """The KV cache's dtype. "auto": float16 where the native CPU kernels run the model's
+    quantized matmuls (on int8 activations, as llama.cpp, whose default cache is float16 too:
+    the cache and the attention's reads halve at no measurable cost), the model's dtype
+    otherwise. "int8": `kv_u8`'s 8-bit cache (CPU only), half the memory of float16."""
+    if requested not in KV_CACHE_DTYPES:
+        raise EngineOptionError(f"the KV cache type must be one of {', '.join(KV_CACHE_DTYPES)}; "
+                                f"got {requested!r}")
+    if requested == "int8":
+        kv_u8.check_supported(device, any(a.values_in_keys for a in attention_layers(model)))
+        return kv_u8.DTYPE
     if device.type == "cpu" and dtype == torch.float32 and any(
             getattr(m, "repacked", None) is not None for m in model.modules()):
         return torch.float16
@@ -32,9 +47,16 @@ def kv_cache_dtype(model: nn.Module, dtype: torch.dtype, device: torch.device) -
 
 
 def kv_bytes_per_block(model: nn.Module, block_size: int, dtype: torch.dtype,
-                       device: torch.device = torch.device("cpu")) -> int:
-    """Bytes of KV cache per block of `block_size` tokens, for a model of `dtype` on `device`."""
-    element = torch.empty((), dtype=kv_cache_dtype(model, dtype, device)).element_size()
+                       device: torch.device = torch.device("cpu"),
+                       requested: str = "auto") -> int:
+    """Bytes of KV cache per block of `block_size` tokens, for a model of `dtype` on `device`
+    with the cache `requested` (a `KV_CACHE_DTYPES` name)."""
+    cache_dtype = resolve_kv_cache_dtype(model, dtype, device, requested)
+    if cache_dtype == kv_u8.DTYPE:
+        return sum(block_size * (kv_u8.bytes_per_token(a.num_kv_heads, a.head_dim)
+                                 + kv_u8.bytes_per_token(a.num_kv_heads, a.v_head_dim))
+                   for a in attention_layers(model))
+    element = torch.empty((), dtype=cache_dtype).element_size()
     return sum(block_size * a.num_kv_heads * element
                * (a.head_dim + (0 if a.values_in_keys else a.v_head_dim))
                for a in attention_layers(model))
@@ -53,6 +75,10 @@ def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
 def _layer_caches(a: Attention, num_blocks: int, block_size: int, dtype: torch.dtype,
                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """One layer's key and value caches; the values a view into the keys for `values_in_keys`."""
+    if dtype == kv_u8.DTYPE:
+        zeros = functools.partial(_zeros, device=device)
+        return tuple(kv_u8.allocate(num_blocks, block_size, a.num_kv_heads, dim, zeros)
+                     for dim in (a.head_dim, a.v_head_dim))
     k_cache = _zeros((num_blocks, block_size, a.num_kv_heads, a.head_dim), dtype, device)
     if a.values_in_keys:
         return k_cache, k_cache[..., :a.v_head_dim]
@@ -64,11 +90,12 @@ class ModelRunner:
     decode steps are replayed from recordings (`DecodeGraphs`) where the model allows it."""
 
     def __init__(self, model: nn.Module, num_blocks: int, block_size: int,
-                 dtype: torch.dtype, device: torch.device, max_context: int | None = None):
+                 dtype: torch.dtype, device: torch.device, max_context: int | None = None,
+                 kv_cache_dtype: str = "auto"):
         self.model = model
         self.block_size = block_size
         self.device = device
-        self.kv_dtype = kv_cache_dtype(model, dtype, device)
+        self.kv_dtype = resolve_kv_cache_dtype(model, dtype, device, kv_cache_dtype)
         self.kv_caches = [_layer_caches(a, num_blocks, block_size, self.kv_dtype, device)
                           for a in attention_layers(model)]
         max_blocks = num_blocks if max_context is None else min(num_blocks,
@@ -122,9 +149,10 @@ class ModelRunner:
             return
         src = torch.tensor([s for s, _ in copies], device=self.device)
         dst = torch.tensor([d for _, d in copies], device=self.device)
-        for k_cache, v_cache in self.kv_caches:
-            k_cache[dst] = k_cache[src]
-            v_cache[dst] = v_cache[src]
+        for caches in self.kv_caches:
+            for cache in caches:
+                blocks = kv_u8.block_storage(cache) if cache.dtype == kv_u8.DTYPE else cache
+                blocks[dst] = blocks[src]
 
     @torch.inference_mode()
     def run(self, scheduled: list[ScheduledSequence], all_logits: bool = False) -> torch.Tensor:

@@ -24,11 +24,12 @@ def _padded(rows: list[list[int]], device) -> torch.Tensor:
                         device=device).reshape(len(rows), width)
 
 
-def nan_rows(logits: torch.Tensor) -> list[bool]:
-    """Which rows of logits [B, V] hold a NaN."""
+def scan_rows(logits: torch.Tensor) -> tuple[list[int] | None, list[bool]]:
+    """Per row of logits [B, V]: the first index of its largest logit (None where the native
+    kernels do not apply), and whether it holds a NaN; in one pass on the CPU."""
     if cpu_ops.usable(logits):
-        return cpu_ops.argmax_rows(logits)[1]
-    return torch.isnan(logits).any(-1).tolist()
+        return cpu_ops.argmax_rows(logits)
+    return None, torch.isnan(logits).any(-1).tolist()
 
 
 def _plain_greedy(p: SamplingParams) -> bool:
@@ -40,14 +41,17 @@ def _plain_greedy(p: SamplingParams) -> bool:
 
 
 def sample_next(logits: torch.Tensor, seqs: list[Sequence], params: list[SamplingParams],
-                seeds: list[int]) -> tuple[list[int], list[TokenLogprobs | None]]:
-    """One token per row of `logits` (row i belongs to seqs[i]). The random stream of a
-    sequence is (its seed, the number of tokens it has generated), so results do not depend on
-    which other sequences share the batch."""
+                seeds: list[int], argmax: list[int] | None = None
+                ) -> tuple[list[int], list[TokenLogprobs | None]]:
+    """One token per row of `logits` (row i belongs to seqs[i]); `argmax`, the rows' argmax
+    when the caller has it (`scan_rows`). The random stream of a sequence is (its seed, the
+    number of tokens it has generated), so results do not depend on which other sequences
+    share the batch."""
     if all(_plain_greedy(p) for p in params):
-        tokens = (cpu_ops.argmax_rows(logits)[0] if cpu_ops.usable(logits)
-                  else logits.argmax(-1).tolist())
-        return tokens, [None] * len(seqs)
+        if argmax is None:
+            argmax = (cpu_ops.argmax_rows(logits)[0] if cpu_ops.usable(logits)
+                      else logits.argmax(-1).tolist())
+        return argmax, [None] * len(seqs)
     device = logits.device
     tensors = SamplingTensors.from_rows(
         [p.temperature for p in params],

@@ -3,6 +3,7 @@
 The cache (one pair per layer; the scheduler allocates blocks, these functions read and write):
     k_cache [num_blocks, block_size, num_kv_heads, head_dim_k]
     v_cache [num_blocks, block_size, num_kv_heads, head_dim_v]   (head_dim_v may differ)
+(uint8 for the 8-bit cache, whose memory layout and scales `kv_u8` describes; CPU only.)
 A token's slot is `block_index * block_size + offset`. Slots never written must still hold
 finite numbers (allocate the caches with `torch.zeros`): the CPU path gathers whole blocks and
 gives the unused slots zero weight, and 0 * nan is nan.

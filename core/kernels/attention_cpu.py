@@ -4,16 +4,18 @@ Decode batches the sequences: a few batched gathers of the cache blocks they nee
 followed by one attention call; prefill loops over sequences (and over chunks of long prompts,
 bounding the score matrix). The query heads that share a kv head are laid out as extra query
 rows of that kv head ("grouped rows"), so GQA never copies keys or values per query head.
-Everything is computed in fp32 whatever the cache dtype. With float32 or float16 caches,
-storing and attention run as one native call each (`mistralrs.kernels.cpu.ops`): decode as
-above, prefill as one decode per query row (`_rows_as_decodes`); the torch code here then serves
-other caches (bfloat16) and the reference mode.
+Everything is computed in fp32 whatever the cache dtype (8-bit caches, `kv_u8`, dequantized).
+With float32, float16 or 8-bit caches, storing and attention run as one native call each
+(`mistralrs.kernels.cpu.ops`): decode as above, prefill as one decode per query row
+(`_rows_as_decodes`); the torch code here then serves other caches (bfloat16) and the reference
+mode.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from mistralrs.kernels import kv_u8
 from mistralrs.kernels.cpu import ops as cpu_ops
 
 QUERY_CHUNK = 128
@@ -28,6 +30,9 @@ def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
              slot_mapping: torch.Tensor) -> None:
     if cpu_ops.usable(k, v) and cpu_ops.usable_cache(k_cache, v_cache):
         cpu_ops.store_kv(k, v, k_cache, v_cache, slot_mapping.to(torch.int64).contiguous())
+        return
+    if k_cache.dtype == kv_u8.DTYPE:
+        kv_u8.store_kv(k, v, k_cache, v_cache, slot_mapping)
         return
     keep = slot_mapping >= 0
     slots = slot_mapping[keep].long()
@@ -148,7 +153,10 @@ def _prefill_rows(q: torch.Tensor, first_query_pos: int, k_cache: torch.Tensor,
 def _gather_blocks(cache: torch.Tensor, block_ids: torch.Tensor) -> torch.Tensor:
     """Block ids [..., n] -> the blocks' rows as fp32 [..., H, n * block_size, D]."""
     _, block_size, num_heads, head_dim = cache.shape
-    rows = cache.index_select(0, block_ids.flatten())
+    if cache.dtype == kv_u8.DTYPE:
+        rows = kv_u8.gather_blocks(cache, block_ids)
+    else:
+        rows = cache.index_select(0, block_ids.flatten())
     rows = rows.view(*block_ids.shape[:-1], block_ids.shape[-1] * block_size, num_heads, head_dim)
     return rows.transpose(-3, -2).float()
 

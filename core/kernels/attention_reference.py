@@ -2,15 +2,21 @@
 
 Written to be obviously right rather than fast; the Triton kernels and the CPU fast path are
 tested against it. The cache layout and batch description are documented in
-`mistralrs.kernels.attention`.
+`mistralrs.kernels.attention`; 8-bit caches (`kv_u8`) hold their rows quantized, which this
+attends to dequantized.
 """
 from __future__ import annotations
 
 import torch
 
+from mistralrs.kernels import kv_u8
+
 
 def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
              slot_mapping: torch.Tensor) -> None:
+    if k_cache.dtype == kv_u8.DTYPE:
+        kv_u8.store_kv(k, v, k_cache, v_cache, slot_mapping)
+        return
     block_size = k_cache.shape[1]
     for token, slot in enumerate(slot_mapping.tolist()):
         if slot >= 0:
@@ -61,4 +67,5 @@ def _sequence_rows(cache: torch.Tensor, block_table_row: torch.Tensor,
     block_size = cache.shape[1]
     num_blocks = -(-context_len // block_size)
     blocks = block_table_row[:num_blocks].long()
-    return cache[blocks].flatten(0, 1)[:context_len].float()
+    rows = kv_u8.gather_blocks(cache, blocks) if cache.dtype == kv_u8.DTYPE else cache[blocks]
+    return rows.flatten(0, 1)[:context_len].float()

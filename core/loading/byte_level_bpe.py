@@ -114,6 +114,7 @@ class ByteLevelBPETokenizer:
         self._split_special = TokenMatcher(user_defined + special)
         self._bos = [bos_id] if add_bos else []
         self._eos = [eos_id] if add_eos else []
+        self._bytes: dict[int, bytes] = {}  # token_bytes of the tokens decoded so far
 
     # --- encoding ---------------------------------------------------------------------------
 
@@ -155,8 +156,14 @@ class ByteLevelBPETokenizer:
                         ).decode("utf-8", errors="replace")
 
     def token_bytes(self, token_id: int) -> bytes:
-        """The bytes a token stands for (`piece_bytes`); b"" past the vocabulary."""
-        return piece_bytes(self._tokens[token_id]) if 0 <= token_id < self.vocab_size else b""
+        """The bytes a token stands for (`piece_bytes`); b"" past the vocabulary. Kept once
+        looked up: streaming decodes each generated token a few times (`IncrementalDetokenizer`),
+        and a GGUF vocabulary reads its strings from the file on each lookup."""
+        found = self._bytes.get(token_id)
+        if found is None:
+            found = piece_bytes(self._tokens[token_id]) if 0 <= token_id < self.vocab_size else b""
+            self._bytes[token_id] = found
+        return found
 
     def is_byte_token(self, token_id: int) -> bool:
         return False  # every byte is a character of the alphabet, not a token of its own

@@ -39,6 +39,7 @@ class IncrementalDetokenizer:
         context = [i for i in prompt_ids or () if self._shown(i)][-_PROMPT_CONTEXT:]
         self._ids = context  # context tokens, then pending ones
         self._pending_from = len(context)
+        self._context_text: str | None = None  # the context's text, once decoded
 
     def push(self, token_id: int) -> str:
         if not self._shown(token_id):
@@ -60,7 +61,9 @@ class IncrementalDetokenizer:
         ids, start = self._ids, self._pending_from
         if start == len(ids):
             return ""
-        context_text = self._decode(ids[:start])
+        if self._context_text is None:
+            self._context_text = self._decode(ids[:start])
+        context_text = self._context_text
         text = self._decode(ids)
         if not final and len(ids) - start < _MAX_PENDING and (
                 len(text) <= len(context_text) or self._tokenizer.is_byte_token(ids[-1])
@@ -70,6 +73,7 @@ class IncrementalDetokenizer:
         # began a character that the generated ones complete.
         shared = len(os.path.commonprefix([text, context_text]))
         self._ids, self._pending_from = ids[start:], len(ids) - start
+        self._context_text = None
         return text[shared:]
 
     def _decode(self, ids: list[int]) -> str:
@@ -82,8 +86,9 @@ class IncrementalDetokenizer:
             tail = self._tokenizer.token_bytes(token_id) + tail
             if len(tail) >= 4:
                 break
+        if not tail or tail[-1] < 0x80:  # ends with ASCII (the common case): complete
+            return False
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         decoder.decode(tail[-4:], final=False)
         buffered, _ = decoder.getstate()
         return bool(buffered)
-

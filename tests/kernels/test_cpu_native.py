@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from gguf import GGMLQuantizationType as Q
 
-from mistralrs.kernels import attention_reference, cpu
+from mistralrs.kernels import attention_reference, cpu, kv_u8
 from mistralrs.kernels.cpu import native, ops
 from mistralrs.kernels.gguf import block_layout, dequantize_reference
 from mistralrs.layers.rotary import _rotate
@@ -209,7 +209,19 @@ def test_embedding_rows_are_the_reference_rows(kernels, qtype):
         cpu.dequantize_repacked(cpu.repack(packed, qtype), torch.tensor([-1]))
 
 
-@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16], ids=str)
+def zeros(shape, dtype):
+    return torch.zeros(shape, dtype=dtype)
+
+
+def int8_caches(blocks, block_size, kv_heads, head_dim, keys, values):
+    """Two 8-bit caches (`kv_u8`) holding keys and values [blocks * block_size, H, D] slot by
+    slot, stored by the torch reference."""
+    caches = [kv_u8.allocate(blocks, block_size, kv_heads, head_dim, zeros) for _ in range(2)]
+    kv_u8.store_kv(keys, values, *caches, torch.arange(blocks * block_size))
+    return caches
+
+
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16, kv_u8.DTYPE], ids=str)
 @pytest.mark.parametrize("q_heads, kv_heads, head_dim, block_size, window, softcap", [
     (4, 4, 64, 16, None, None),   # MHA
     (9, 3, 64, 32, None, None),   # GQA 3 (SmolLM2)
@@ -220,19 +232,37 @@ def test_embedding_rows_are_the_reference_rows(kernels, qtype):
 ])
 def test_decode_attention_matches_the_reference(kernels, cache_dtype, q_heads, kv_heads,
                                                 head_dim, block_size, window, softcap):
+    """Against the reference attention to the cache's float32 values. The 8-bit cache's kernel
+    attends with the query quantized as a cache row is (int8, a scale per row) and the softmax
+    weights as 15-bit integers: close to the reference with the query quantized the same way,
+    near without."""
     g = torch.Generator().manual_seed(0)
     blocks = 400
-    k_cache = torch.randn(blocks, block_size, kv_heads, head_dim, generator=g).to(cache_dtype)
-    v_cache = torch.randn(blocks, block_size, kv_heads, head_dim, generator=g).to(cache_dtype)
+    keys, values = (torch.randn(blocks * block_size, kv_heads, head_dim, generator=g)
+                    for _ in range(2))
+    if cache_dtype == kv_u8.DTYPE:
+        k_cache, v_cache = int8_caches(blocks, block_size, kv_heads, head_dim, keys, values)
+    else:
+        k_cache, v_cache = (x.view(blocks, block_size, kv_heads, head_dim).to(cache_dtype)
+                            for x in (keys, values))
     context = torch.tensor([1, 17, 300, 1200], dtype=torch.int32)  # ragged; 1200 splits
     tables = torch.randint(0, blocks, (4, 1200 // block_size + 1), generator=g,
                            dtype=torch.int32)
     q = torch.randn(4, q_heads, head_dim, generator=g)
     options = dict(scale=head_dim ** -0.5, sliding_window=window, softcap=softcap)
     out = ops.paged_decode_attention(q, k_cache, v_cache, context, tables, **options)
-    expected = attention_reference.paged_decode_attention(q, k_cache.float(), v_cache.float(),
+    if cache_dtype != kv_u8.DTYPE:
+        expected = attention_reference.paged_decode_attention(
+            q, k_cache.float(), v_cache.float(), context, tables, **options)
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+        return
+    quantized_q = kv_u8.dequantize(*kv_u8.quantize(q))
+    expected = attention_reference.paged_decode_attention(quantized_q, k_cache, v_cache,
                                                           context, tables, **options)
-    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out, expected, rtol=0, atol=2e-4)
+    exact_q = attention_reference.paged_decode_attention(q, k_cache, v_cache, context, tables,
+                                                         **options)
+    torch.testing.assert_close(out, exact_q, rtol=0, atol=3e-2)
 
 
 @pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16], ids=str)
@@ -245,6 +275,24 @@ def test_store_kv_writes_the_slots_in_the_cache_dtype(kernels, cache_dtype):
     expected_k, expected_v = torch.zeros_like(k_cache), torch.zeros_like(v_cache)
     attention_reference.store_kv(k, v, expected_k, expected_v, slots)
     assert torch.equal(k_cache, expected_k) and torch.equal(v_cache, expected_v)
+
+
+def test_int8_store_writes_what_the_torch_quantizer_writes(kernels):
+    g = torch.Generator().manual_seed(0)
+    k, v = torch.randn(5, 2, 24, generator=g) * 3, torch.randn(5, 2, 16, generator=g)
+    k[1, 0] = 0.0  # a zero row: scale 0, every code 128
+    slots = torch.tensor([9, -1, 0, 31, 17])
+    ours = [kv_u8.allocate(8, 4, 2, d, zeros) for d in (24, 16)]
+    expected = [kv_u8.allocate(8, 4, 2, d, zeros) for d in (24, 16)]
+    ops.store_kv(k, v, *ours, slots)
+    kv_u8.store_kv(k, v, *expected, slots)
+    for cache, reference in zip(ours, expected):
+        assert torch.equal(kv_u8.block_storage(cache), kv_u8.block_storage(reference))
+    # what a slot holds is its row to within half a quantization step
+    block, offset = 9 // 4, 9 % 4
+    held = kv_u8.dequantize(ours[0][block, offset], kv_u8.scales(ours[0])[block, offset])
+    step = k[0].abs().amax(-1, keepdim=True) / 127
+    assert ((held - k[0]).abs() <= step / 2 + 1e-6).all()
 
 
 def rms_norm_reference(x, weight, eps, unit_offset):

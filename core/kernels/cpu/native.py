@@ -62,7 +62,7 @@ SIGNATURES = {
     "mrs_vocab_token_id": (_L, [_P, ctypes.c_char_p, _L]),
     "mrs_bpe_encode": (_L, [_P, ctypes.c_char_p, _L, _I, _P]),
     "mrs_spm_encode": (_L, [_P, _P, _P, _I, ctypes.c_char_p, _L, _P]),
-    "mrs_argmax_rows": (None, [_P, _L, _L, _L, _P, _P]),
+    "mrs_argmax_rows": (None, [_P, _L, _L, _L, _P, _P, _I]),
     "mrs_store_kv": (None, [_P, _L, _L, _P, _L, _L, _P, _L, _L, _L, _P, _L, _L, _L, _I, _P, _L,
                             _I, _I, _I, _I]),
 }
@@ -194,7 +194,7 @@ def load(path: Path) -> ctypes.CDLL:
 def _load() -> ctypes.CDLL | None:
     here = Path(__file__).resolve().parent
     key = hashlib.sha256()
-    for source in (*SOURCES, "threads.h", "fp16.h", "isa.h", "reduce16.h"):
+    for source in (*SOURCES, *sorted(header.name for header in here.glob("*.h"))):
         key.update((here / source).read_bytes())
     key.update(" ".join(FLAGS).encode())
     key.update(_cpu_flags().encode())

@@ -1,9 +1,10 @@
 /* The small float32 operations of a decoder step on the CPU, each one call instead of the
  * handful of torch ops it would take (a decode step is bound by per-call overhead, not by
  * arithmetic): RMSNorm with the residual add folded in, rotary embedding in place, the gated
- * activation of an MLP, and attention of one query row per sequence over the paged KV cache.
- * Strides are in elements; every function computes what its torch reference in
- * `mistralrs.kernels.cpu.ops` computes, up to float summation order.
+ * activation of an MLP, and attention of one query row per sequence over the paged KV cache
+ * (float32, float16, or 8 bits: kv_u8.h). Strides are in elements; every function computes what
+ * its torch reference in `mistralrs.kernels.cpu.ops` (`mistralrs.kernels.kv_u8` for the 8-bit
+ * cache's quantization) computes, up to float summation order.
  */
 #include <math.h>
 #include <stdint.h>
@@ -11,6 +12,7 @@
 
 #include "fp16.h"
 #include "isa.h"
+#include "kv_u8.h"
 #include "reduce16.h"
 #include "threads.h"
 
@@ -133,7 +135,7 @@ void mrs_rms_norm(const float *x, long long x_outer, long long x_inner, int inne
                   const float *w, int unit_offset, float *out, int add_to_out, long long rows,
                   int dim, float eps, int nthreads) {
     rms_norm_ctx c = {x, x_outer, x_inner, inner, w, unit_offset, out, add_to_out, rows, dim, eps};
-    mrs_parallel(rms_norm_part, &c, rows * dim > (1 << 16) ? nthreads : 1);
+    mrs_parallel(rms_norm_part, &c, rows * dim > (1 << 12) ? nthreads : 1);
 }
 
 /* Rotate-half rotary embedding of the first `rotary_dim` features of every head, in place, for
@@ -239,14 +241,15 @@ static void gated_part(void *arg, int part, int parts) {
 void mrs_gated_activation(const float *gate, const float *up, long long in_stride,
                           long long rows, int inter, int act, float *out, int nthreads) {
     gated_ctx c = {gate, up, in_stride, rows, inter, act, out};
-    mrs_parallel(gated_part, &c, rows * inter > (1 << 16) ? nthreads : 1);
+    mrs_parallel(gated_part, &c, rows * inter > (1 << 12) ? nthreads : 1);
 }
 
 /* Attention of one query row per sequence over the paged cache: q [B, Hq, Dk] (strides q_b,
- * q_h); k_cache [blocks, block_size, Hkv, .] and v_cache likewise, float32 or float16
- * (`kv_f16`), with strides (cache_block, cache_slot, cache_head) in elements each (v may be a
- * view into k); sequence b attends to positions [first, context_lens[b]) with first = context -
- * window when a window is set; scores are q.k * scale, soft-capped when softcap > 0.
+ * q_h); k_cache [blocks, block_size, Hkv, .] and v_cache likewise, float32, float16 or uint8
+ * (`kv_format`: KV_F32, KV_F16, KV_U8, see kv_u8.h; a uint8 block's kv_heads * block_size rows
+ * are followed by their float32 scales [head, slot]), with strides (cache_block, cache_slot,
+ * cache_head) in elements each (v may be a view into k, except for uint8); sequence b attends
+ * to positions [first, context_lens[b]) with first = context - window when a window is set; scores are q.k * scale, soft-capped when softcap > 0.
  * out [B, Hq, Dv] (contiguous, float32).
  *
  * Work items are (sequence, kv head, slice of the positions): one item serves every query head
@@ -254,6 +257,8 @@ void mrs_gated_activation(const float *gate, const float *up, long long in_strid
  * split into slices so that a single sequence keeps every thread busy. Each item keeps an
  * online softmax (running max, sum and weighted values); the slices are merged at the end. */
 #define CHUNK 128
+_Static_assert(CHUNK <= U8_MAX_ROWS, "a chunk of uint8 value rows must fit int32 sums");
+enum { KV_F32, KV_F16, KV_U8 };
 typedef struct {
     const float *q;
     long long q_b, q_h;
@@ -261,7 +266,7 @@ typedef struct {
     long long kb, ks, kh;
     const char *v_cache;
     long long vb, vs, vh;
-    int kv_f16;
+    int kv_format;
     const int32_t *context_lens, *block_tables;
     long long table_stride;
     int kv_heads, group, dk, dv, block_size, window, splits;
@@ -481,13 +486,32 @@ static void item_positions(const decode_ctx *c, long long item, int *lo, int *hi
     *hi = first + (int)((long long)(context - first) * (split + 1) / c->splits);
 }
 
+/* The positions [at, at + *run) of a sequence (run as far as `end` in at's block): their block,
+ * at's offset in it. */
+static inline long long block_run(const int32_t *table, int block_size, int at, int end, int *off,
+                                  int *run) {
+    *off = at % block_size;
+    *run = block_size - *off < end - at ? block_size - *off : end - at;
+    return table[at / block_size];
+}
+
+/* Where the float32 scales of kv head `kvh`'s uint8 rows (of `dim` codes) in a block start:
+ * after the block's kv_heads * block_size rows. */
+static inline const char *u8_scales(const char *cache, long long block, long long block_bytes,
+                                    int kv_heads, int block_size, int dim, int kvh) {
+    return cache + block * block_bytes + (long long)kv_heads * block_size * dim
+           + (long long)kvh * block_size * sizeof(float);
+}
+
 /* Ask for the key and value rows of the chunk at `start` of work item `item` (start < 0: its
  * first chunk), one chunk before they are read: with the prefetch of each block as its rows
  * are first used (cache_rows) alone, the reads wait on memory at every chunk. cache_rows still
  * asks again right before the reads: a chunk is more lines than can be in flight at once, and
- * without the second request the 16-stream attention took 7.8-9.9 ms instead of 5.1-6.0. */
-static void prefetch_chunk(const decode_ctx *c, long long item, int start, const int f16) {
-    const int es = f16 ? 2 : 4, bs = c->block_size;
+ * without the second request the 16-stream attention took 7.8-9.9 ms instead of 5.1-6.0.
+ * (Not so for uint8 caches, whose blocks keep a head's rows together: the hardware prefetcher
+ * follows them, and asking again cost 5-10%.) */
+static void prefetch_chunk(const decode_ctx *c, long long item, int start, const int es) {
+    const int bs = c->block_size;
     const long long task = item / c->splits;
     const int b = (int)(task / c->kv_heads), kvh = (int)(task % c->kv_heads);
     int lo, hi;
@@ -502,6 +526,13 @@ static void prefetch_chunk(const decode_ctx *c, long long item, int start, const
                       rows, c->dk * es);
         prefetch_rows(c->v_cache + (kvh * c->vh + block * c->vb + slot * c->vs) * es, c->vs * es,
                       rows, c->dv * es);
+        if (c->kv_format == KV_U8) {
+            const int bytes = rows * (int)sizeof(float);
+            prefetch_rows(u8_scales(c->k_cache, block, c->kb, c->kv_heads, bs, c->dk, kvh) + slot * 4,
+                          0, 1, bytes);
+            prefetch_rows(u8_scales(c->v_cache, block, c->vb, c->kv_heads, bs, c->dv, kvh) + slot * 4,
+                          0, 1, bytes);
+        }
         p += rows;
     }
 }
@@ -531,9 +562,14 @@ static float scale_scores(float *s, int n, float scale, float softcap) {
 }
 
 static inline __attribute__((always_inline)) void decode_items(const decode_ctx *c, int part,
-                                                               int parts, const int f16) {
-    const int dk = c->dk, dv = c->dv, bs = c->block_size, group = c->group, es = f16 ? 2 : 4;
+                                                               int parts, const int format) {
+    const int f16 = format == KV_F16, u8 = format == KV_U8;
+    const int dk = c->dk, dv = c->dv, bs = c->block_size, group = c->group;
+    const int es = f16 ? 2 : u8 ? 1 : 4;
     float scores[group][CHUNK];
+    int8_t q8[u8 ? group : 1][u8 ? dk : 1]; /* uint8 caches: the queries quantized */
+    float q8_scale[group];
+    int q8_sum[group];
 #if MRS_AVX512
     float keys[16 * dk];
 #endif
@@ -553,14 +589,47 @@ static inline __attribute__((always_inline)) void decode_items(const decode_ctx 
             st[0] = -INFINITY;
             st[1] = 0.0f;
             memset(st + 2, 0, sizeof(float) * dv);
+            if (u8) {
+                q8_scale[g] = quantize_row((uint8_t *)q8[g], q0 + g * c->q_h, dk, 0, q8_sum + g);
+            }
         }
         for (int start = lo; start < hi; start += CHUNK) {
             const int n = hi - start < CHUNK ? hi - start : CHUNK;
-            if (start + CHUNK < hi) prefetch_chunk(c, item, start + CHUNK, f16);
-            else if (item + 1 < last_item) prefetch_chunk(c, item + 1, -1, f16);
-            cache_rows(k_head, table, c->kb * es, c->ks * es, bs, start, n, dk * es, krows);
-            cache_rows(v_head, table, c->vb * es, c->vs * es, bs, start, n, dv * es, vrows);
-            for (int j = 0; j < n; j += 16) {
+            if (start + CHUNK < hi) prefetch_chunk(c, item, start + CHUNK, es);
+            else if (item + 1 < last_item) prefetch_chunk(c, item + 1, -1, es);
+            if (u8) { /* a block's rows of one head follow each other: read them run by run */
+                for (int at = start, off, run; at < start + n; at += run) {
+                    const long long block = block_run(table, bs, at, start + n, &off, &run);
+                    const uint8_t *rows = (const uint8_t *)k_head + block * c->kb + off * c->ks;
+                    const float *row_scales =
+                        (const float *)u8_scales(c->k_cache, block, c->kb, c->kv_heads, bs, dk, kvh) + off;
+                    for (int r = 0; r < run; r += 16) {
+#if MRS_VNNI
+                        if (run - r >= 16 && dk % 64 == 0) {
+                            for (int g0 = 0; g0 < group; g0 += 4) {
+                                const int heads = group - g0 < 4 ? group - g0 : 4;
+                                const int8_t *qs[4];
+                                float *out[4];
+                                for (int g = 0; g < heads; g++) {
+                                    qs[g] = q8[g0 + g];
+                                    out[g] = scores[g0 + g] + (at - start) + r;
+                                }
+                                u8_dots16_heads(qs, q8_sum + g0, q8_scale + g0, heads, rows + r * c->ks,
+                                                c->ks, row_scales + r, dk, out);
+                            }
+                            continue;
+                        }
+#endif
+                        for (int g = 0; g < group; g++)
+                            u8_dots(q8[g], q8_sum[g], q8_scale[g], rows + r * c->ks, c->ks, row_scales + r,
+                                    run - r < 16 ? run - r : 16, dk, scores[g] + (at - start) + r);
+                    }
+                }
+            } else {
+                cache_rows(k_head, table, c->kb * es, c->ks * es, bs, start, n, dk * es, krows);
+                cache_rows(v_head, table, c->vb * es, c->vs * es, bs, start, n, dv * es, vrows);
+            }
+            for (int j = 0; j < n && !u8; j += 16) {
 #if MRS_AVX512
                 if (j + 16 <= n && dk % 16 == 0 && (start + j) / bs == (start + j + 15) / bs) {
                     /* 16 rows of one block; float16 ones converted once for all the heads */
@@ -599,7 +668,19 @@ static inline __attribute__((always_inline)) void decode_items(const decode_ctx 
                     o[g] = partial_of(c, task, split, g0 + g) + 2;
                     p[g] = scores[g0 + g];
                 }
-                accumulate_values(o, p, heads, vrows, n, dv, f16);
+                if (!u8) {
+                    accumulate_values(o, p, heads, vrows, n, dv, f16);
+                    continue;
+                }
+                for (int at = start, off, run; at < start + n; at += run) {
+                    const long long block = block_run(table, bs, at, start + n, &off, &run);
+                    const float *weights[4];
+                    for (int g = 0; g < heads; g++) weights[g] = p[g] + (at - start);
+                    u8_accumulate_values(
+                        o, weights, heads, (const uint8_t *)v_head + block * c->vb + off * c->vs, c->vs,
+                        (const float *)u8_scales(c->v_cache, block, c->vb, c->kv_heads, bs, dv, kvh) + off,
+                        run, dv);
+                }
             }
         }
     }
@@ -607,8 +688,11 @@ static inline __attribute__((always_inline)) void decode_items(const decode_ctx 
 
 static void decode_part(void *arg, int part, int parts) {
     const decode_ctx *c = arg;
-    if (c->kv_f16) decode_items(c, part, parts, 1);
-    else decode_items(c, part, parts, 0);
+    switch (c->kv_format) {
+    case KV_F16: decode_items(c, part, parts, KV_F16); break;
+    case KV_U8: decode_items(c, part, parts, KV_U8); break;
+    default: decode_items(c, part, parts, KV_F32); break;
+    }
 }
 
 /* Slices a context may be split into: enough items for two a thread, at most MAX_SPLITS. */
@@ -621,12 +705,12 @@ static int max_splits(long long tasks, int nthreads) {
 void mrs_paged_decode_attention(const float *q, long long q_b, long long q_h,
                                 const void *k_cache, long long kb, long long ks, long long kh,
                                 const void *v_cache, long long vb, long long vs, long long vh,
-                                int kv_f16, const int32_t *context_lens,
+                                int kv_format, const int32_t *context_lens,
                                 const int32_t *block_tables, long long table_stride, int batch,
                                 int q_heads, int kv_heads, int dk, int dv, int block_size,
                                 float scale, int window, float softcap, float *out,
                                 float *partial, int nthreads) {
-    decode_ctx c = {q, q_b, q_h, k_cache, kb, ks, kh, v_cache, vb, vs, vh, kv_f16, context_lens,
+    decode_ctx c = {q, q_b, q_h, k_cache, kb, ks, kh, v_cache, vb, vs, vh, kv_format, context_lens,
                     block_tables, table_stride, kv_heads, q_heads / kv_heads, dk, dv, block_size,
                     window, 1, scale, softcap, partial, 0};
     const long long tasks = (long long)batch * kv_heads;
@@ -677,10 +761,10 @@ static void to_fp16(uint16_t *dst, const float *src, int n) {
 }
 
 /* Write token t's key and value rows (float32) into cache slot slots[t] (skipping negative
- * slots), converting to float16 for float16 caches (`kv_f16`). */
+ * slots), as float32, float16 or uint8 codes and scales (`kv_format`, see the attention). */
 void mrs_store_kv(const float *k, long long k_t, long long k_h, const float *v, long long v_t,
                   long long v_h, void *k_cache, long long kb, long long ks, long long kh,
-                  void *v_cache, long long vb, long long vs, long long vh, int kv_f16,
+                  void *v_cache, long long vb, long long vs, long long vh, int kv_format,
                   const int64_t *slots, long long tokens, int kv_heads, int dk, int dv,
                   int block_size) {
     for (long long t = 0; t < tokens; t++) {
@@ -690,24 +774,40 @@ void mrs_store_kv(const float *k, long long k_t, long long k_h, const float *v, 
         for (int h = 0; h < kv_heads; h++) {
             const long long k_at = blk * kb + off * ks + h * kh, v_at = blk * vb + off * vs + h * vh;
             const float *ks_row = k + t * k_t + h * k_h, *vs_row = v + t * v_t + h * v_h;
-            if (!kv_f16) {
+            if (kv_format == KV_F32) {
                 memcpy((float *)k_cache + k_at, ks_row, sizeof(float) * dk);
                 memcpy((float *)v_cache + v_at, vs_row, sizeof(float) * dv);
-                continue;
+            } else if (kv_format == KV_F16) {
+                to_fp16((uint16_t *)k_cache + k_at, ks_row, dk);
+                to_fp16((uint16_t *)v_cache + v_at, vs_row, dv);
+            } else {
+                const float k_scale = quantize_row((uint8_t *)k_cache + k_at, ks_row, dk, U8_BIAS, NULL);
+                const float v_scale = quantize_row((uint8_t *)v_cache + v_at, vs_row, dv, U8_BIAS, NULL);
+                memcpy((char *)u8_scales(k_cache, blk, kb, kv_heads, block_size, dk, h)
+                           + off * sizeof(float), &k_scale, sizeof(float));
+                memcpy((char *)u8_scales(v_cache, blk, vb, kv_heads, block_size, dv, h)
+                           + off * sizeof(float), &v_scale, sizeof(float));
             }
-            to_fp16((uint16_t *)k_cache + k_at, ks_row, dk);
-            to_fp16((uint16_t *)v_cache + v_at, vs_row, dv);
         }
     }
 }
 
 
 /* For each row of x [rows, cols] (rows `stride` apart): the first index of its largest value
- * into argmax[r], and whether it holds a NaN into nan[r]. */
-void mrs_argmax_rows(const float *x, long long rows, long long cols, long long stride,
-                     int64_t *argmax, int8_t *nan) {
-    for (long long r = 0; r < rows; r++) {
-        const float *row = x + r * stride;
+ * into argmax[r], and whether it holds a NaN into nan[r]; the rows split between threads. */
+typedef struct {
+    const float *x;
+    long long rows, cols, stride;
+    int64_t *argmax;
+    int8_t *nan;
+} argmax_ctx;
+
+static void argmax_part(void *arg, int part, int parts) {
+    const argmax_ctx *c = arg;
+    const long long cols = c->cols;
+    PART_RANGE(c->rows, part, parts, first, last);
+    for (long long r = first; r < last; r++) {
+        const float *row = c->x + r * c->stride;
         long long i = 0, best = 0;
         float best_value = cols ? row[0] : 0.0f;
         int has_nan = 0;
@@ -781,7 +881,13 @@ void mrs_argmax_rows(const float *x, long long rows, long long cols, long long s
             if (row[i] > best_value) { best_value = row[i]; best = i; }
             has_nan |= row[i] != row[i];
         }
-        argmax[r] = best;
-        nan[r] = (int8_t)has_nan;
+        c->argmax[r] = best;
+        c->nan[r] = (int8_t)has_nan;
     }
+}
+
+void mrs_argmax_rows(const float *x, long long rows, long long cols, long long stride,
+                     int64_t *argmax, int8_t *nan, int nthreads) {
+    argmax_ctx c = {x, rows, cols, stride, argmax, nan};
+    mrs_parallel(argmax_part, &c, rows > 1 ? nthreads : 1);
 }

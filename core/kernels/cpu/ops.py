@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from mistralrs.kernels import kv_u8
 from mistralrs.kernels.cpu import native
 from mistralrs.kernels.cpu.quant_matmul import scratch_bytes, threads
 
@@ -25,11 +26,18 @@ def usable(*tensors: torch.Tensor) -> bool:
     return True
 
 
+KV_FORMATS = {torch.float32: 0, torch.float16: 1, kv_u8.DTYPE: 2}
+"""The cache dtypes the attention kernels read, by their `kv_format` number in `ops.c`."""
+
+
 def usable_cache(k_cache: torch.Tensor, v_cache: torch.Tensor) -> bool:
-    """KV caches the attention kernels read: float32 or float16, on the CPU, rows contiguous."""
-    return native.library() is not None and all(
-        c.is_cpu and c.dtype in (torch.float32, torch.float16) and c.stride(-1) == 1
-        for c in (k_cache, v_cache)) and k_cache.dtype == v_cache.dtype
+    """KV caches the attention kernels read: float32, float16 or `kv_u8`'s, on the CPU, rows
+    contiguous."""
+    if native.library() is None or k_cache.dtype != v_cache.dtype:
+        return False
+    if k_cache.dtype == kv_u8.DTYPE:
+        return k_cache.is_cpu and kv_u8.is_cache(k_cache) and kv_u8.is_cache(v_cache)
+    return all(c.is_cpu and c.dtype in KV_FORMATS and c.stride(-1) == 1 for c in (k_cache, v_cache))
 
 
 def _row_layout(x: torch.Tensor) -> tuple[int, int, int, int] | None:
@@ -93,11 +101,11 @@ def gated_activation(gate: torch.Tensor, up: torch.Tensor, act: str) -> torch.Te
 
 def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
              slot_mapping: torch.Tensor) -> None:
-    """`attention.store_kv` for float32 k, v and float32 or float16 caches (int64 slots)."""
+    """`attention.store_kv` for float32 k, v and `usable_cache` caches (int64 slots)."""
     native.call(native.library().mrs_store_kv, k.data_ptr(), k.stride(0), k.stride(1),
                 v.data_ptr(), v.stride(0), v.stride(1), k_cache.data_ptr(),
                 *k_cache.stride()[:3], v_cache.data_ptr(), *v_cache.stride()[:3],
-                int(k_cache.dtype == torch.float16), slot_mapping.data_ptr(), k.shape[0],
+                KV_FORMATS[k_cache.dtype], slot_mapping.data_ptr(), k.shape[0],
                 k.shape[1], k.shape[2], v.shape[2], k_cache.shape[1])
 
 
@@ -105,7 +113,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
                            context_lens: torch.Tensor, block_tables: torch.Tensor, *, scale: float,
                            sliding_window: int | None = None,
                            softcap: float | None = None) -> torch.Tensor:
-    """`attention.paged_decode_attention` for float32 q and float32 or float16 caches:
+    """`attention.paged_decode_attention` for float32 q and `usable_cache` caches:
     q [B, Hq, Dk] -> float32 [B, Hq, Dv] (contiguous context_lens and block_tables)."""
     batch, q_heads, dk = q.shape
     dv = v_cache.shape[3]
@@ -115,7 +123,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
                                                                  dv, threads()))
     native.call(lib.mrs_paged_decode_attention, q.data_ptr(), q.stride(0), q.stride(1),
                 k_cache.data_ptr(), *k_cache.stride()[:3], v_cache.data_ptr(),
-                *v_cache.stride()[:3], int(k_cache.dtype == torch.float16),
+                *v_cache.stride()[:3], KV_FORMATS[k_cache.dtype],
                 context_lens.data_ptr(), block_tables.data_ptr(),
                 block_tables.stride(0), batch, q_heads, k_cache.shape[2], dk, dv,
                 k_cache.shape[1], scale, sliding_window or 0, softcap or 0.0, out.data_ptr(),
@@ -125,10 +133,10 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
 
 def argmax_rows(logits: torch.Tensor) -> tuple[list[int], list[bool]]:
     """Per row of float32 logits [B, V]: the first index of the largest value, and whether the
-    row holds a NaN (one pass, single-threaded: a parallel torch reduction here would leave
-    torch's OpenMP workers spinning into the next step's kernels)."""
+    row holds a NaN (one pass, on the kernels' threads: a parallel torch reduction here would
+    leave torch's OpenMP workers spinning into the next step's kernels)."""
     rows = logits.shape[0]
     argmax, nan = torch.empty(rows, dtype=torch.int64), torch.empty(rows, dtype=torch.int8)
     native.library().mrs_argmax_rows(logits.data_ptr(), rows, logits.shape[1], logits.stride(0),
-                                     argmax.data_ptr(), nan.data_ptr())
+                                     argmax.data_ptr(), nan.data_ptr(), threads())
     return argmax.tolist(), [bool(v) for v in nan.tolist()]

@@ -24,6 +24,11 @@
     }
 MRS_REDUCE16(reduce16_add, _mm512_add_ps)
 MRS_REDUCE16(reduce16_max, _mm512_max_ps)
+/* on int32 lanes (the vectors' bits as they are) */
+static inline __m512 add_epi32_bits(__m512 a, __m512 b) {
+    return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(a), _mm512_castps_si512(b)));
+}
+MRS_REDUCE16(reduce16_add_epi32, add_epi32_bits)
 #undef MRS_REDUCE16
 #endif
 

@@ -25,6 +25,12 @@ def test_teacher_forced_greedy_agreement_with_llama_cpp(loaded):
     assert teacher_forced_agreement(loaded, GOLDEN["greedy"]) >= 0.95
 
 
+def test_the_int8_kv_cache_agrees_with_llama_cpp_too(loaded):
+    """The 8-bit cache on Gemma 3's 256-wide heads and sliding windows (here 96.3% against
+    96.7% with the float16 cache)."""
+    assert teacher_forced_agreement(loaded, GOLDEN["greedy"], kv_cache_dtype="int8") >= 0.95
+
+
 @pytest.mark.usefixtures("reference_cpu_kernels")
 def test_cli_run_continues_like_llama_cpp(loaded, capsys):
     """`mistralrs run -f` on the base model (no chat template: it completes the prompt),
