@@ -14,6 +14,7 @@ from mistralrs.engine.model_runner import kv_bytes_per_block
 from mistralrs.engine.scoring import score
 from mistralrs.errors import EngineOptionError
 from mistralrs.kernels import kv_u8
+from mistralrs.kernels.cpu import reference_mode
 from test_scheduler import assert_all_blocks_free, concurrently, greedy, one_at_a_time, prompts
 from tiny_models import save_hf_model
 
@@ -37,7 +38,8 @@ def int8_runner(directory, **options) -> Runner:
 def test_logits_stay_near_transformers(tiny):
     """Prefill and cached decode steps through the 8-bit cache, against transformers' float32
     logits: off by the quantization (8 bits a key and value, the query too), far less than a
-    cache that lost its scales or mixed up its rows would be."""
+    cache that lost its scales or mixed up its rows would be. Both the native kernels and the
+    torch path (the kernels off: it attends to the dequantized cache)."""
     model, directory = tiny
     ids = [256] + random_ids(299, seed=2)  # past one 128-row chunk of the kernel, two splits
     with torch.no_grad():
@@ -49,11 +51,14 @@ def test_logits_stay_near_transformers(tiny):
         prefill = score(runner.loaded, ids, kv_cache_dtype="int8")
         decode = score(runner.loaded, ids, chunks=[20] + [1] * (len(ids) - 20),
                        kv_cache_dtype="int8")
+        with reference_mode():
+            torch_path = score(runner.loaded, ids, chunks=[20] + [1] * (len(ids) - 20),
+                               kv_cache_dtype="int8")
         exact = score(runner.loaded, ids)  # the float32 cache: the float summation order only
     finally:
         runner.shutdown()
     assert max_diff(exact, expected) < 1e-4
-    for ours in (prefill, decode):
+    for ours in (prefill, decode, torch_path):
         assert 1e-4 < max_diff(ours, expected) < 0.1 * spread  # here ~0.035 * spread
         agree = (ours.argmax(-1) == expected.argmax(-1)).float().mean().item()
         assert agree > 0.95

@@ -31,15 +31,15 @@ def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
     if cpu_ops.usable(k, v) and cpu_ops.usable_cache(k_cache, v_cache):
         cpu_ops.store_kv(k, v, k_cache, v_cache, slot_mapping.to(torch.int64).contiguous())
         return
-    if k_cache.dtype == kv_u8.DTYPE:
-        kv_u8.store_kv(k, v, k_cache, v_cache, slot_mapping)
-        return
     keep = slot_mapping >= 0
     slots = slot_mapping[keep].long()
     block_size = k_cache.shape[1]
     blocks, offsets = slots // block_size, slots % block_size
-    k_cache[blocks, offsets] = k[keep].to(k_cache.dtype)
-    v_cache[blocks, offsets] = v[keep].to(v_cache.dtype)
+    for rows, cache in ((k[keep], k_cache), (v[keep], v_cache)):
+        if cache.dtype == kv_u8.DTYPE:
+            kv_u8.store_rows(cache, blocks, offsets, rows)
+        else:
+            cache[blocks, offsets] = rows.to(cache.dtype)
 
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

@@ -14,14 +14,15 @@ from mistralrs.kernels import kv_u8
 
 def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
              slot_mapping: torch.Tensor) -> None:
-    if k_cache.dtype == kv_u8.DTYPE:
-        kv_u8.store_kv(k, v, k_cache, v_cache, slot_mapping)
-        return
     block_size = k_cache.shape[1]
     for token, slot in enumerate(slot_mapping.tolist()):
-        if slot >= 0:
-            k_cache[slot // block_size, slot % block_size] = k[token]
-            v_cache[slot // block_size, slot % block_size] = v[token]
+        if slot < 0:
+            continue
+        for rows, cache in ((k[token], k_cache), (v[token], v_cache)):
+            if cache.dtype == kv_u8.DTYPE:
+                kv_u8.store_rows(cache, slot // block_size, slot % block_size, rows)
+            else:
+                cache[slot // block_size, slot % block_size] = rows
 
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

@@ -5,8 +5,8 @@ A layer's cache is a uint8 tensor [num_blocks, block_size, num_kv_heads, head_di
 round(x / s) + 128, where s = max|x| / 127 for each row x (one head of one token), as llama.cpp's
 q8_0 cache keeps a scale per 32 values. In memory a block holds its rows head by head
 ([num_kv_heads, block_size, head_dim]: the attention reads one head's rows at a time, in order,
-which the CPU's prefetchers follow), then their float32 scales [num_kv_heads, block_size], so that codes and scales of a block move
-together (`block_storage`: what copy-on-write copies). Half the bytes of a float16 cache; the
+which the CPU's prefetchers follow), then their float32 scales [num_kv_heads, block_size], so
+that codes and scales of a block move together (`block_storage`: what copy-on-write copies). Half the bytes of a float16 cache; the
 attention over it computes on integers (see `cpu/kv_u8.h`), and on the CPU only.
 """
 from __future__ import annotations
@@ -45,8 +45,7 @@ def is_cache(cache: torch.Tensor) -> bool:
 
 def block_storage(cache: torch.Tensor) -> torch.Tensor:
     """[num_blocks, bytes]: each block's codes and scales."""
-    num_blocks, block_size, heads, dim = cache.shape
-    return cache.as_strided((num_blocks, cache.stride(0)), (cache.stride(0), 1))
+    return cache.as_strided((cache.shape[0], cache.stride(0)), (cache.stride(0), 1))
 
 
 def scales(cache: torch.Tensor) -> torch.Tensor:
@@ -69,16 +68,12 @@ def dequantize(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return (codes.float() - BIAS) * scale[..., None]
 
 
-def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-             slot_mapping: torch.Tensor) -> None:
-    """`attention.store_kv` into uint8 caches."""
-    keep = slot_mapping >= 0
-    slots = slot_mapping[keep].long()
-    blocks, offsets = slots // k_cache.shape[1], slots % k_cache.shape[1]
-    for rows, cache in ((k[keep], k_cache), (v[keep], v_cache)):
-        codes, scale = quantize(rows)
-        cache[blocks, offsets] = codes
-        scales(cache)[blocks, offsets] = scale
+def store_rows(cache: torch.Tensor, blocks, offsets, rows: torch.Tensor) -> None:
+    """cache[blocks, offsets] = rows [..., H, D] (float), quantized: their codes and scales
+    (`blocks`, `offsets`: indices as torch indexing takes them)."""
+    codes, scale = quantize(rows)
+    cache[blocks, offsets] = codes
+    scales(cache)[blocks, offsets] = scale
 
 
 def gather_blocks(cache: torch.Tensor, block_ids: torch.Tensor) -> torch.Tensor:

@@ -215,9 +215,9 @@ def zeros(shape, dtype):
 
 def int8_caches(blocks, block_size, kv_heads, head_dim, keys, values):
     """Two 8-bit caches (`kv_u8`) holding keys and values [blocks * block_size, H, D] slot by
-    slot, stored by the torch reference."""
+    slot, stored by the reference."""
     caches = [kv_u8.allocate(blocks, block_size, kv_heads, head_dim, zeros) for _ in range(2)]
-    kv_u8.store_kv(keys, values, *caches, torch.arange(blocks * block_size))
+    attention_reference.store_kv(keys, values, *caches, torch.arange(blocks * block_size))
     return caches
 
 
@@ -285,7 +285,7 @@ def test_int8_store_writes_what_the_torch_quantizer_writes(kernels):
     ours = [kv_u8.allocate(8, 4, 2, d, zeros) for d in (24, 16)]
     expected = [kv_u8.allocate(8, 4, 2, d, zeros) for d in (24, 16)]
     ops.store_kv(k, v, *ours, slots)
-    kv_u8.store_kv(k, v, *expected, slots)
+    attention_reference.store_kv(k, v, *expected, slots)
     for cache, reference in zip(ours, expected):
         assert torch.equal(kv_u8.block_storage(cache), kv_u8.block_storage(reference))
     # what a slot holds is its row to within half a quantization step

@@ -19,7 +19,7 @@
 #include "reduce16.h"
 
 #define U8_BIAS 128
-#define U8_WEIGHT_ONE 32767.0f /* the largest softmax weight of a chunk, as an int16 */
+#define U8_WEIGHT_ONE 32767.0f /* the largest softmax weight of a run of rows, as an int16 */
 #define U8_MAX_ROWS 128         /* value rows a call sums in int32 without overflow */
 
 /* x[0..n) -> codes round(x / s) + bias (bias 128: uint8 codes; 0: int8); returns s, and the sum
