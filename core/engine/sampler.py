@@ -44,13 +44,13 @@ def sample_next(logits: torch.Tensor, seqs: list[Sequence], params: list[Samplin
                 seeds: list[int], argmax: list[int] | None = None
                 ) -> tuple[list[int], list[TokenLogprobs | None]]:
     """One token per row of `logits` (row i belongs to seqs[i]); `argmax`, the rows' argmax
-    when the caller has it (`scan_rows`). The random stream of a sequence is (its seed, the
+    when the caller has it (`scan_rows`, which on the CPU reads the logits once for it and for
+    NaNs). The random stream of a sequence is (its seed, the
     number of tokens it has generated), so results do not depend on which other sequences
     share the batch."""
     if all(_plain_greedy(p) for p in params):
         if argmax is None:
-            argmax = (cpu_ops.argmax_rows(logits)[0] if cpu_ops.usable(logits)
-                      else logits.argmax(-1).tolist())
+            argmax = logits.argmax(-1).tolist()
         return argmax, [None] * len(seqs)
     device = logits.device
     tensors = SamplingTensors.from_rows(
