@@ -567,7 +567,8 @@ static inline __attribute__((always_inline)) void decode_items(const decode_ctx 
     const int dk = c->dk, dv = c->dv, bs = c->block_size, group = c->group;
     const int es = f16 ? 2 : u8 ? 1 : 4;
     float scores[group][CHUNK];
-    int8_t q8[u8 ? group : 1][u8 ? dk : 1]; /* uint8 caches: the queries quantized */
+    /* uint8 caches: the queries quantized (int8 codes, read as int32 words of 4) */
+    int32_t q8[u8 ? group : 1][u8 ? (dk + 3) / 4 : 1];
     float q8_scale[group];
     int q8_sum[group];
 #if MRS_AVX512
@@ -608,7 +609,7 @@ static inline __attribute__((always_inline)) void decode_items(const decode_ctx 
                         if (run - r >= 16 && dk % 64 == 0) {
                             for (int g0 = 0; g0 < group; g0 += 4) {
                                 const int heads = group - g0 < 4 ? group - g0 : 4;
-                                const int8_t *qs[4];
+                                const int32_t *qs[4];
                                 float *out[4];
                                 for (int g = 0; g < heads; g++) {
                                     qs[g] = q8[g0 + g];
@@ -621,8 +622,9 @@ static inline __attribute__((always_inline)) void decode_items(const decode_ctx 
                         }
 #endif
                         for (int g = 0; g < group; g++)
-                            u8_dots(q8[g], q8_sum[g], q8_scale[g], rows + r * c->ks, c->ks, row_scales + r,
-                                    run - r < 16 ? run - r : 16, dk, scores[g] + (at - start) + r);
+                            u8_dots((const int8_t *)q8[g], q8_sum[g], q8_scale[g], rows + r * c->ks,
+                                    c->ks, row_scales + r, run - r < 16 ? run - r : 16, dk,
+                                    scores[g] + (at - start) + r);
                     }
                 }
             } else {
