@@ -64,7 +64,7 @@ class RequestHandle:
 
     def __init__(self, engine: "Engine", prompt_tokens: int, n: int):
         self._engine = engine
-        self._events: queue.Queue = queue.Queue()
+        self._events: queue.SimpleQueue = queue.SimpleQueue()
         self.prompt_tokens = prompt_tokens
         self.n = n
         self.submitted = time.perf_counter()
