@@ -275,6 +275,7 @@ typedef struct {
     float scale, softcap;
     float *partial; /* [B * Hkv][splits][group][2 + dv]: max, sum, weighted values */
     long long items;
+    float *out;     /* [B, Hq, dv] */
 } decode_ctx;
 
 static inline float load1(const void *row, int i, int f16) {
@@ -687,6 +688,13 @@ static inline __attribute__((always_inline)) void decode_items(const decode_ctx 
                 }
             }
         }
+        if (c->splits == 1) /* the item is the whole context: normalize here, on its thread */
+            for (int g = 0; g < group; g++) {
+                const float *st = partial_of(c, task, 0, g);
+                const float inv = st[1] > 0.0f ? 1.0f / st[1] : 0.0f;
+                float *o = c->out + (task * group + g) * dv;
+                for (int i = 0; i < dv; i++) o[i] = st[2 + i] * inv;
+            }
     }
 }
 
@@ -716,14 +724,14 @@ void mrs_paged_decode_attention(const float *q, long long q_b, long long q_h,
                                 float *partial, int nthreads) {
     decode_ctx c = {q, q_b, q_h, k_cache, kb, ks, kh, v_cache, vb, vs, vh, kv_format, context_lens,
                     block_tables, table_stride, kv_heads, q_heads / kv_heads, dk, dv, block_size,
-                    window, 1, scale, softcap, partial, 0};
+                    window, 1, scale, softcap, partial, 0, out};
     const long long tasks = (long long)batch * kv_heads;
     int longest = 0;
     for (int b = 0; b < batch; b++) longest = context_lens[b] > longest ? context_lens[b] : longest;
     while (c.splits < max_splits(tasks, nthreads) && longest / (2 * c.splits) >= 64) c.splits *= 2;
     c.items = tasks * c.splits;
     mrs_parallel(decode_part, &c, c.items > 1 ? nthreads : 1);
-    for (long long task = 0; task < tasks; task++)
+    for (long long task = 0; task < tasks && c.splits > 1; task++) /* the slices merged */
         for (int g = 0; g < c.group; g++) {
             float m = -INFINITY, total = 0.0f;
             for (int s = 0; s < c.splits; s++) {
