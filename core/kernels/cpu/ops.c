@@ -659,7 +659,7 @@ static inline __attribute__((always_inline)) void decode_items(const decode_ctx 
                 float *st = partial_of(c, task, split, g), *o = st + 2;
                 const float chunk_max = scale_scores(sc, n, c->scale, c->softcap);
                 const float new_max = chunk_max > st[0] ? chunk_max : st[0];
-                const float rescale = expf(st[0] - new_max);
+                const float rescale = new_max == st[0] ? 1.0f : expf(st[0] - new_max);
                 if (rescale != 1.0f)
                     for (int i = 0; i < dv; i++) o[i] *= rescale;
                 st[1] = st[1] * rescale + exp_shifted(sc, new_max, sc, n);
