@@ -27,4 +27,16 @@
 #include <immintrin.h>
 #endif
 
+/* `stmt` with H the compile-time constant that `heads` (1..4; more counts as 4) is: an
+ * always-inline body with per-head accumulators, given a constant head count, keeps them in
+ * registers (with a count known only at run time gcc kept them on the stack, and the 8-bit
+ * cache's attention took 25% longer). */
+#define MRS_CONSTANT_HEADS(heads, stmt)            \
+    switch (heads) {                               \
+    case 1: { enum { H = 1 }; stmt; } break;       \
+    case 2: { enum { H = 2 }; stmt; } break;       \
+    case 3: { enum { H = 3 }; stmt; } break;       \
+    default: { enum { H = 4 }; stmt; } break;      \
+    }
+
 #endif

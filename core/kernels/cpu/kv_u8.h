@@ -151,16 +151,11 @@ static inline __attribute__((always_inline)) void u8_dots16_heads_n(
     }
 }
 
-/* u8_dots16_heads_n with `heads` a constant inside, as u8_accumulate_values does. */
+/* u8_dots16_heads_n with `heads` a constant inside (MRS_CONSTANT_HEADS). */
 static void u8_dots16_heads(const int32_t *const *q, const int *q_sum, const float *q_scale, int heads,
                             const uint8_t *rows, long long stride, const float *k_scales, int dim,
                             float *const *scores) {
-    switch (heads) {
-    case 1: u8_dots16_heads_n(q, q_sum, q_scale, 1, rows, stride, k_scales, dim, scores); break;
-    case 2: u8_dots16_heads_n(q, q_sum, q_scale, 2, rows, stride, k_scales, dim, scores); break;
-    case 3: u8_dots16_heads_n(q, q_sum, q_scale, 3, rows, stride, k_scales, dim, scores); break;
-    default: u8_dots16_heads_n(q, q_sum, q_scale, 4, rows, stride, k_scales, dim, scores); break;
-    }
+    MRS_CONSTANT_HEADS(heads, u8_dots16_heads_n(q, q_sum, q_scale, H, rows, stride, k_scales, dim, scores))
 }
 #endif
 
@@ -257,18 +252,11 @@ static inline __attribute__((always_inline)) void u8_accumulate_values_n(
     }
 }
 
-/* u8_accumulate_values_n with `heads` a constant inside, so that the per-head accumulators stay
- * in registers (with a count known only at run time gcc kept them on the stack: the 16-stream
- * attention took 25% longer). */
+/* u8_accumulate_values_n with `heads` a constant inside (MRS_CONSTANT_HEADS). */
 static void u8_accumulate_values(float *const *o, const float *const *p, int heads,
                                  const uint8_t *rows, long long stride, const float *v_scales,
                                  int n, int dim) {
-    switch (heads) {
-    case 1: u8_accumulate_values_n(o, p, 1, rows, stride, v_scales, n, dim); break;
-    case 2: u8_accumulate_values_n(o, p, 2, rows, stride, v_scales, n, dim); break;
-    case 3: u8_accumulate_values_n(o, p, 3, rows, stride, v_scales, n, dim); break;
-    default: u8_accumulate_values_n(o, p, 4, rows, stride, v_scales, n, dim); break;
-    }
+    MRS_CONSTANT_HEADS(heads, u8_accumulate_values_n(o, p, H, rows, stride, v_scales, n, dim))
 }
 
 #endif

@@ -249,15 +249,16 @@ void mrs_gated_activation(const float *gate, const float *up, long long in_strid
  * (`kv_format`: KV_F32, KV_F16, KV_U8, see kv_u8.h; a uint8 block's kv_heads * block_size rows
  * are followed by their float32 scales [head, slot]), with strides (cache_block, cache_slot,
  * cache_head) in elements each (v may be a view into k, except for uint8); sequence b attends
- * to positions [first, context_lens[b]) with first = context - window when a window is set; scores are q.k * scale, soft-capped when softcap > 0.
- * out [B, Hq, Dv] (contiguous, float32).
+ * to positions [first, context_lens[b]) with first = context - window when a window is set;
+ * scores are q.k * scale, soft-capped when softcap > 0. out [B, Hq, Dv] (contiguous, float32).
  *
  * Work items are (sequence, kv head, slice of the positions): one item serves every query head
  * of its kv head (each key and value row is read once for the group), and long contexts are
  * split into slices so that a single sequence keeps every thread busy. Each item keeps an
- * online softmax (running max, sum and weighted values); the slices are merged at the end.
- * Rows are read a chunk at a time, the next chunk's asked for first (prefetch_chunk): 64-row
- * chunks took 7-10% less than 128-row ones (16 streams, 8-bit cache; ~4% over float16). */
+ * online softmax (running max, sum and weighted values); the slices are merged at the end (an
+ * item that is a whole context normalizes its own output, on its thread). Rows are read a
+ * chunk at a time, the next chunk's asked for first (prefetch_chunk): 64-row chunks took 7-10%
+ * less than 128-row ones (16 streams, 8-bit cache; ~4% over float16). */
 #define CHUNK 64
 _Static_assert(CHUNK <= U8_MAX_ROWS, "a chunk of uint8 value rows must fit int32 sums");
 enum { KV_F32, KV_F16, KV_U8 };
@@ -463,12 +464,7 @@ static inline __attribute__((always_inline)) void accumulate_values(
 #define ACCUMULATE_SLICES accumulate_values_avx2
 #endif
 #ifdef ACCUMULATE_SLICES
-    switch (heads) { /* the head count a constant inside, so that the accumulators stay in registers */
-    case 1: i = ACCUMULATE_SLICES(o, p, 1, rows, n, dim, f16); break;
-    case 2: i = ACCUMULATE_SLICES(o, p, 2, rows, n, dim, f16); break;
-    case 3: i = ACCUMULATE_SLICES(o, p, 3, rows, n, dim, f16); break;
-    default: i = ACCUMULATE_SLICES(o, p, 4, rows, n, dim, f16); break;
-    }
+    MRS_CONSTANT_HEADS(heads, i = ACCUMULATE_SLICES(o, p, H, rows, n, dim, f16))
 #undef ACCUMULATE_SLICES
 #endif
     for (; i < dim; i++)
@@ -731,7 +727,8 @@ void mrs_paged_decode_attention(const float *q, long long q_b, long long q_h,
     while (c.splits < max_splits(tasks, nthreads) && longest / (2 * c.splits) >= 64) c.splits *= 2;
     c.items = tasks * c.splits;
     mrs_parallel(decode_part, &c, c.items > 1 ? nthreads : 1);
-    for (long long task = 0; task < tasks && c.splits > 1; task++) /* the slices merged */
+    if (c.splits == 1) return; /* each item normalized its own output */
+    for (long long task = 0; task < tasks; task++) /* the slices merged */
         for (int g = 0; g < c.group; g++) {
             float m = -INFINITY, total = 0.0f;
             for (int s = 0; s < c.splits; s++) {
