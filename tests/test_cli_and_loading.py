@@ -7,23 +7,18 @@ import sys
 import pytest
 import torch
 from gguf import GGMLQuantizationType
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from mistralrs import ChatCompletionRequest, CompletionRequest, ModelDType, Runner, Which
 from mistralrs.cli import main
 from mistralrs.engine.scoring import score
 from mistralrs.loading.model_loader import load_plain
 from gguf_writer import write_llama_gguf
-from tiny_models import CHAT_TEMPLATE, save_hf_model, write_byte_tokenizer
+from tiny_models import CHAT_TEMPLATE, save_hf_model, tiny_llama, write_byte_tokenizer
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=288, hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=128, eos_token_id=257, bos_token_id=256)
-    model = LlamaForCausalLM(config).eval()
+    model = tiny_llama(vocab_size=288, max_position_embeddings=128)
     return model, save_hf_model(model, tmp_path_factory.mktemp("tiny"))
 
 

@@ -22,7 +22,6 @@ import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from gguf_writer import write_llama_gguf
 from mistralrs import Runner, Which
@@ -33,6 +32,7 @@ from mistralrs.kernels import cpu
 from mistralrs.kernels.gguf.packed import QuantizedTensor
 from mistralrs.loading.gguf_file import GGUFFile
 from mistralrs.loading.model_loader import load_gguf
+from tiny_models import tiny_llama
 
 U32, U64 = "<I", "<Q"
 SECONDS_PER_CASE = 5
@@ -41,13 +41,9 @@ ALIGNMENT = 32
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=288, hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=64, tie_word_embeddings=False,
-                         eos_token_id=257, bos_token_id=256)
     path = tmp_path_factory.mktemp("tiny") / "tiny.gguf"
-    write_llama_gguf(LlamaForCausalLM(config).eval(), path, GGMLQuantizationType.Q8_0)
+    model = tiny_llama(vocab_size=288, max_position_embeddings=64, tie_word_embeddings=False)
+    write_llama_gguf(model, path, GGMLQuantizationType.Q8_0)
     return path
 
 

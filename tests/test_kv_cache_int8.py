@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from hf_reference import max_diff, perturb_weights, random_ids
 from mistralrs import Runner, Which
@@ -16,17 +15,14 @@ from mistralrs.errors import EngineOptionError
 from mistralrs.kernels import kv_u8
 from mistralrs.kernels.cpu import reference_mode
 from test_scheduler import assert_all_blocks_free, concurrently, greedy, one_at_a_time, prompts
-from tiny_models import save_hf_model
+from tiny_models import save_hf_model, tiny_llama
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A tiny Llama (GQA 2) with weights moved off their initial values, and its directory."""
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=300, hidden_size=128, intermediate_size=256,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=512, eos_token_id=257, bos_token_id=256)
-    model = perturb_weights(LlamaForCausalLM(config).eval(), 0.05)
+    model = perturb_weights(tiny_llama(hidden_size=128, intermediate_size=256,
+                                       max_position_embeddings=512), 0.05)
     return model, save_hf_model(model, tmp_path_factory.mktemp("tiny_int8"))
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from mistralrs import (
     CompletionRequest,
@@ -21,7 +19,7 @@ from mistralrs import (
     XLoraLoader,
 )
 from mistralrs.default_model import default_model_path
-from tiny_models import save_hf_model
+from tiny_models import save_hf_model, tiny_llama
 
 
 def test_seed_example_with_a_local_gguf(tmp_path):
@@ -55,11 +53,7 @@ def test_seed_example_with_a_local_gguf(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=64, eos_token_id=257, bos_token_id=256)
-    return str(save_hf_model(LlamaForCausalLM(config).eval(), tmp_path_factory.mktemp("m")))
+    return str(save_hf_model(tiny_llama(max_position_embeddings=64), tmp_path_factory.mktemp("m")))
 
 
 def test_normal_loader_matches_the_runner_api(tiny_dir):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from mistralrs import (
     ChatCompletionRequest,
@@ -13,18 +12,14 @@ from mistralrs import (
     Which,
 )
 from mistralrs.default_model import default_model_path
-from tiny_models import save_hf_model
+from tiny_models import save_hf_model, tiny_llama
 
 PROMPT = [256, 72, 101, 108, 108, 111, 44, 32]
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=64, eos_token_id=257, bos_token_id=256)
-    model = LlamaForCausalLM(config).eval()
+    model = tiny_llama(max_position_embeddings=64)
     runner = Runner(Which.Plain(model_id=str(save_hf_model(model, tmp_path_factory.mktemp("m")))),
                     progress=False)
     yield runner, model

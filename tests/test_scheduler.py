@@ -6,23 +6,18 @@ import threading
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from mistralrs import Runner, Which
 from mistralrs.default_model import default_model_path
 from mistralrs.engine import Engine, SamplingParams
 from mistralrs.engine.model_runner import _zeros, kv_bytes_per_block
 from mistralrs.errors import InvalidRequestError
-from tiny_models import save_hf_model
+from tiny_models import save_hf_model, tiny_llama
 
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=256, eos_token_id=257, bos_token_id=256)
-    return save_hf_model(LlamaForCausalLM(config).eval(), tmp_path_factory.mktemp("tiny"))
+    return save_hf_model(tiny_llama(), tmp_path_factory.mktemp("tiny"))
 
 
 def prompts(count: int, vocab: int = 256, seed: int = 0) -> list[list[int]]:
