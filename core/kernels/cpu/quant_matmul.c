@@ -70,6 +70,12 @@ typedef struct {
     X(T_Q6_K, q6_k, 6, 16, 0, 0, -32, 210, 256)        \
     X(T_Q8_K, q8_k, 8, 32, 0, 0, -128, 292, 256)
 
+#define OFFSET_IS_MINUS_POWER_OF_TWO(T, name, bits, sub, has_min, f16, offset, ...) \
+    _Static_assert((offset) == 0 || ((-(offset)) & (-(offset) - 1)) == 0,        \
+                   #name ": tile_vnni takes the offset as -2^s");
+MRS_TYPES(OFFSET_IS_MINUS_POWER_OF_TWO)
+#undef OFFSET_IS_MINUS_POWER_OF_TWO
+
 static int layout_of(int qtype, layout_t *l) {
 #define LAYOUT_ROW(T, name, ...) {T, {__VA_ARGS__}},
     static const struct { int qtype; layout_t l; } table[] = {MRS_TYPES(LAYOUT_ROW)};
@@ -722,13 +728,21 @@ static inline __attribute__((always_inline)) void tile_vnni(
             const int8_t *xq = a[r].q + (long long)b * BLOCK;
             __m512i half[2];
             for (int h = 0; h < 2; h++) {
-                half[h] = l.offset ? _mm512_set1_epi32(l.offset * a[r].sum16[2 * b + h])
-                                   : _mm512_setzero_si512();
+                half[h] = _mm512_setzero_si512();
                 for (int c = 4 * h; c < 4 * h + 4; c++) {
                     int32_t x4;
                     memcpy(&x4, xq + 4 * c, 4);
                     half[h] = _mm512_dpbusd_epi32(half[h], w[c], _mm512_set1_epi32(x4));
                 }
+            }
+            /* + offset * (the sum of the x codes), offset = -2^s: the sums broadcast from memory,
+             * shifted and subtracted. (offset * sum broadcast from a general register took
+             * slots of the pipes the dot products run on: 6-10% of the Q8_0, Q4_0, Q5_0 time.) */
+            for (int h = 0; l.offset && h < (l.sub == 32 ? 1 : 2); h++) {
+                const __m512i sum = l.sub == 32
+                    ? _mm512_add_epi32(_mm512_set1_epi32(a[r].sum16[2 * b]), _mm512_set1_epi32(a[r].sum16[2 * b + 1]))
+                    : _mm512_set1_epi32(a[r].sum16[2 * b + h]);
+                half[h] = _mm512_sub_epi32(half[h], _mm512_slli_epi32(sum, __builtin_ctz((unsigned)-l.offset)));
             }
             const __m512 da = _mm512_set1_ps(a[r].d[b]);
             if (l.sub == 32) {
