@@ -100,6 +100,10 @@ class ByteLevelBPETokenizer:
     `special_ids` are split out of a text only when special tokens are parsed and skipped by
     `decode(skip_special_tokens=True)`, `user_defined_ids` are split out of every text."""
 
+    concatenates_token_bytes = True
+    """`decode` is the UTF-8 decoding of its tokens' bytes joined: no token's bytes depend on
+    its neighbours (see `Tokenizer.concatenates_token_bytes`)."""
+
     def __init__(self, tokens: Sequence[str], table: BPETable, regexes: Sequence[str],
                  special_ids: Iterable[int], user_defined_ids: Iterable[int], *,
                  bos_id: int | None, eos_id: int | None, add_bos: bool, add_eos: bool):

@@ -10,6 +10,10 @@ and returns the text the new ones add. Text is held back while it could still ch
   invalid byte turns the run's every byte into U+FFFD);
 - while the new tokens have added no text, so that the context always holds text.
 Pushes plus `flush()` add up to `tokenizer.decode(ids)` of all pushed ids.
+
+Byte-level BPE tokenizers (`Tokenizer.concatenates_token_bytes`) decode by joining bytes, so a
+token that is whole characters by itself, with nothing held back, is emitted as it is, without
+decoding the window (most tokens of a text).
 """
 from __future__ import annotations
 
@@ -44,6 +48,11 @@ class IncrementalDetokenizer:
     def push(self, token_id: int) -> str:
         if not self._shown(token_id):
             return ""
+        if self._pending_from == len(self._ids) and self._tokenizer.concatenates_token_bytes:
+            text = _whole_characters(self._tokenizer.token_bytes(token_id))
+            if text:  # what the window would add (most tokens; 1-2 us instead of ~10)
+                self._ids, self._pending_from, self._context_text = [token_id], 1, None
+                return text
         self._ids.append(token_id)
         return self._emit(final=False)
 
@@ -92,3 +101,11 @@ class IncrementalDetokenizer:
         decoder.decode(tail[-4:], final=False)
         buffered, _ = decoder.getstate()
         return bool(buffered)
+
+
+def _whole_characters(data: bytes) -> str:
+    """`data` as text if it is complete UTF-8 characters only, else ""."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return ""

@@ -125,6 +125,10 @@ class Tokenizer:
         self.vocab_size = backend.vocab_size
         self.special_token_ids = backend.special_token_ids
         self.chat_template = chat_template
+        # Whether decode(ids) is always the tokens' bytes joined, decoded as UTF-8 (byte-level
+        # BPE): streaming can then emit a token that is whole characters by itself as it is.
+        # Not so for SentencePiece ("▁" is dropped at the start) or a tokenizer.json's decoders.
+        self.concatenates_token_bytes = getattr(backend, "concatenates_token_bytes", False)
 
     # --- construction ---------------------------------------------------------------------
 
