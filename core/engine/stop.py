@@ -22,7 +22,7 @@ class StopStringMatcher:
         if hits:
             return text[:min(hits)], True
         keep = self._held_back(text)
-        self._held = text[len(text) - keep:] if keep else ""
+        self._held = text[len(text) - keep:]
         return text[:len(text) - keep], False
 
     def flush(self) -> str:
