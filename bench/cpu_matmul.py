@@ -9,8 +9,8 @@ memory, so that is the figure to hold against the machine's memory bandwidth). T
 the test suite's random ones (`packed_weight` in tests/kernels/test_gguf_matmul.py): gguf-py's
 quantization of a random matrix for the legacy types, random blocks with modest scales for the
 K-quants (speed does not depend on the values). First it prints the machine's int8
-multiply-add peak for the instruction the kernels are built on (`int8_peak.c`, one copy per
-thread at once), to hold the many-row figures against.
+multiply-add peak for the instruction the kernels are built on (`int8_peak.c`: one copy alone,
+then one copy per thread at once), to hold the many-row figures against.
 """
 from __future__ import annotations
 
@@ -45,9 +45,9 @@ def best_seconds(fn, reps: int, trials: int = 7) -> float:
     return best
 
 
-def int8_peak(threads: int) -> float | None:
-    """Multiply-adds per second of `threads` copies of int8_peak.c run at once; None without a
-    C compiler."""
+def int8_peaks(threads: int) -> tuple[float, list[float]] | None:
+    """Multiply-adds per second of one copy of int8_peak.c alone, and of each of `threads`
+    copies run at once; None without a C compiler."""
     source = Path(__file__).with_name("int8_peak.c")
     with tempfile.TemporaryDirectory() as folder:
         binary = Path(folder) / "int8_peak"
@@ -56,9 +56,26 @@ def int8_peak(threads: int) -> float | None:
             subprocess.run([compiler, "-O2", "-march=native", "-o", binary, source], check=True)
         except (OSError, subprocess.CalledProcessError):
             return None
+        alone = float(subprocess.run([binary], stdout=subprocess.PIPE, text=True).stdout)
         runs = [subprocess.Popen([binary], stdout=subprocess.PIPE, text=True)
                 for _ in range(threads)]
-        return sum(float(run.communicate()[0]) for run in runs)
+        return alone, [float(run.communicate()[0]) for run in runs]
+
+
+def print_peaks(threads: int) -> None:
+    """The int8 peak, and whether the CPUs reach it all at once: on the development VMs the
+    host at times runs both vCPUs on one core's two hardware threads (each copy then gets
+    half), and every many-row figure of that moment is low for it."""
+    peaks = int8_peaks(threads)
+    if peaks is None:
+        return
+    alone, together = peaks
+    print(f"int8 multiply-add peak: {alone / 1e9:.1f} GMAC/s on one CPU; "
+          f"{' + '.join(f'{p / 1e9:.1f}' for p in together)} = {sum(together) / 1e9:.1f} "
+          f"on {threads} at once")
+    if threads > 1 and sum(together) < 0.75 * threads * alone:
+        print("  (the CPUs do not each reach the one-CPU peak at once now: they share cores' "
+              "vector units, and the many-row figures below are low for it)")
 
 
 def main() -> None:
@@ -73,9 +90,7 @@ def main() -> None:
         raise SystemExit("the native CPU kernels are not available here (see the log above)")
     torch.set_num_threads(args.threads)
     print(f"kernels: {lib.mrs_matmul_isa().decode()}, {args.threads} threads")
-    peak = int8_peak(args.threads)
-    if peak is not None:
-        print(f"int8 multiply-add peak: {peak / 1e9:.1f} GMAC/s")
+    print_peaks(args.threads)
     for name in args.types:
         qtype = Q[name]
         k = 576 if qtype in LEGACY else 768
