@@ -195,9 +195,10 @@ def test_one_call_computes_several_weights_and_can_add_into_a_residual(kernels):
     torch.testing.assert_close(added, residual + alone[:, -7:], rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q4_1, Q.Q6_K], ids=lambda q: q.name)
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda q: q.name)
 def test_embedding_rows_are_the_reference_rows(kernels, qtype):
-    """From the file's blocks, and from the records of a tied output layer."""
+    """From the file's blocks, and from the records of a tied output layer (the ids split
+    between the threads)."""
     packed = packed_weight(qtype, 40, 512)
     ids = torch.tensor([3, 0, 39, 3, 17])
     expected = dequantize_reference(packed[ids], qtype) * 2.0

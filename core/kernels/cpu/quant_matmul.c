@@ -394,6 +394,14 @@ static void record_scales(const layout_t *l, const uint8_t *rec, int j, int h, f
     }
 }
 
+/* Ask for the records of row `row`'s group (a row's codes and scales are spread over all of
+ * their lines). */
+static void prefetch_row_records(const layout_t *l, const uint8_t *w, int blocks, long long row) {
+    const long long bytes = blocks * record_bytes(l);
+    const uint8_t *group = w + row / LANES * bytes;
+    for (long long at = 0; at < bytes; at += 64) __builtin_prefetch(group + at, 0, 2);
+}
+
 /* Row `row` of a repacked matrix (`blocks` records per group) times `scale` into out [k]. */
 static void repacked_row(const layout_t *l, const uint8_t *w, int blocks, long long row,
                          float scale, float *out) {
@@ -401,9 +409,9 @@ static void repacked_row(const layout_t *l, const uint8_t *w, int blocks, long l
     const long long rb = record_bytes(l);
     for (int b = 0; b < blocks; b++) {
         const uint8_t *rec = w + ((long long)g * blocks + b) * rb;
+        float d = 0.0f, m = 0.0f;
         for (int col = 0; col < BLOCK; col++) {
-            float d, m;
-            record_scales(l, rec, j, col / l->sub, &d, &m);
+            if (col % l->sub == 0) record_scales(l, rec, j, col / l->sub, &d, &m);
             const int v = record_code(l, rec, j, col);
             const float value = l->has_min ? d * (float)v + m : d * (float)(v + l->offset);
             out[(long long)b * BLOCK + col] = scale != 1.0f ? value * scale : value;
@@ -419,58 +427,82 @@ int mrs_dequantize_repacked(int qtype, const uint8_t *w, long long n, long long 
     return 0;
 }
 
-/* The layout for looking up rows ids[i] of a [n, k] matrix of `qtype`: returns -1 for a type
- * or k the kernels do not take, -2 for an id outside 0..n-1, else 0. */
-static int lookup_layout(int qtype, long long n, long long k, const int64_t *ids,
-                         long long n_ids, layout_t *l) {
-    if (!layout_of(qtype, l) || k % l->block_elems) return -1;
+/* Row `src_row` of a GGUF matrix (k columns) times `scale` into out [k]. */
+static void gguf_row(int qtype, const layout_t *l, const uint8_t *src_row, long long k, float scale,
+                     float *out) {
+    for (int b = 0; b < k / BLOCK; b++) {
+        uint8_t u[BLOCK];
+        uint16_t d16 = 0, m16 = 0;
+        float d[2] = {0, 0}, m[2] = {0, 0};
+        read_block(qtype, src_row, b, u, &d16, &m16, d, m);
+        if (l->f16) {
+            d[0] = d[1] = fp16_to_fp32(d16);
+            m[0] = m[1] = fp16_to_fp32(m16);
+        } else if (l->sub == 32) {
+            d[1] = d[0];
+            m[1] = m[0];
+        }
+        float *o = out + (long long)b * BLOCK;
+        for (int i = 0; i < BLOCK; i++) {
+            const int h = i / 16;
+            o[i] = l->has_min ? d[h] * (float)u[i] + m[h] : d[h] * (float)(u[i] + l->offset);
+            if (scale != 1.0f) o[i] *= scale;
+        }
+    }
+}
+
+/* Embedding lookups: rows ids[i] of a table (repacked records, or a GGUF matrix's rows). */
+typedef struct {
+    int qtype, repacked;
+    layout_t l;
+    const uint8_t *table;
+    const int64_t *ids;
+    long long n_ids, k;
+    float scale;
+    float *out;
+} lookup_ctx;
+
+static void lookup_part(void *arg, int part, int parts) {
+    const lookup_ctx *c = arg;
+    const int blocks = (int)(c->k / BLOCK);
+    const long long first = c->n_ids * part / parts, last = c->n_ids * (part + 1) / parts;
+    const long long gguf_row_bytes = c->k / c->l.block_elems * c->l.block_bytes;
+    /* the rows come from memory, and are few: ask for all of them first */
+    for (long long r = first; r < last && c->repacked; r++)
+        prefetch_row_records(&c->l, c->table, blocks, c->ids[r]);
+    for (long long r = first; r < last; r++) {
+        float *out = c->out + r * c->k;
+        if (c->repacked) repacked_row(&c->l, c->table, blocks, c->ids[r], c->scale, out);
+        else gguf_row(c->qtype, &c->l, c->table + c->ids[r] * gguf_row_bytes, c->k, c->scale, out);
+    }
+}
+
+/* Rows ids[i] of a [n, k] table of `qtype` times `scale`, as float32 [n_ids, k], the rows
+ * split between threads. Returns -1 for a type or k the kernels do not take, -2 (writing
+ * nothing) for an id outside 0..n-1, else 0. */
+static int lookup_rows(int qtype, int repacked, const uint8_t *table, long long n, long long k,
+                       const int64_t *ids, long long n_ids, float scale, float *out, int nthreads) {
+    lookup_ctx c = {.qtype = qtype, .repacked = repacked, .table = table, .ids = ids,
+                    .n_ids = n_ids, .k = k, .scale = scale, .out = out};
+    if (!layout_of(qtype, &c.l) || k % c.l.block_elems) return -1;
     for (long long r = 0; r < n_ids; r++)
         if (ids[r] < 0 || ids[r] >= n) return -2;
+    mrs_parallel(lookup_part, &c, n_ids > 1 ? nthreads : 1);
     return 0;
 }
 
-/* Rows ids[i] of a repacked matrix [n, k] times `scale`, as float32 [n_ids, k] (the embedding
- * rows of a table tied to an output layer). Returns -2, writing nothing, for an id outside
- * 0..n-1. */
+/* The rows of a table tied to an output layer, from its repacked records. */
 int mrs_dequantize_repacked_rows(int qtype, const uint8_t *w, long long n, long long k,
-                                 const int64_t *ids, long long n_ids, float scale, float *out) {
-    layout_t l;
-    const int status = lookup_layout(qtype, n, k, ids, n_ids, &l);
-    if (status) return status;
-    for (long long r = 0; r < n_ids; r++)
-        repacked_row(&l, w, (int)(k / BLOCK), ids[r], scale, out + r * k);
-    return 0;
+                                 const int64_t *ids, long long n_ids, float scale, float *out,
+                                 int nthreads) {
+    return lookup_rows(qtype, 1, w, n, k, ids, n_ids, scale, out, nthreads);
 }
 
-/* Rows ids[i] of a GGUF matrix [n_rows, k] times `scale`, as float32 [n_ids, k] (embedding
- * lookups). Returns -2, writing nothing, if an id is outside 0..n_rows-1. */
+/* The rows of a GGUF matrix [n_rows, k]. */
 int mrs_dequantize_rows(int qtype, const uint8_t *src, long long n_rows, long long k,
-                        const int64_t *ids, long long n_ids, float scale, float *out) {
-    layout_t l;
-    const int status = lookup_layout(qtype, n_rows, k, ids, n_ids, &l);
-    if (status) return status;
-    const long long row_bytes = k / l.block_elems * l.block_bytes;
-    for (long long r = 0; r < n_ids; r++)
-        for (int b = 0; b < k / BLOCK; b++) {
-            uint8_t u[BLOCK];
-            uint16_t d16 = 0, m16 = 0;
-            float d[2] = {0, 0}, m[2] = {0, 0};
-            read_block(qtype, src + ids[r] * row_bytes, b, u, &d16, &m16, d, m);
-            if (l.f16) {
-                d[0] = d[1] = fp16_to_fp32(d16);
-                m[0] = m[1] = fp16_to_fp32(m16);
-            } else if (l.sub == 32) {
-                d[1] = d[0];
-                m[1] = m[0];
-            }
-            float *o = out + r * k + (long long)b * BLOCK;
-            for (int i = 0; i < BLOCK; i++) {
-                const int h = i / 16;
-                o[i] = l.has_min ? d[h] * (float)u[i] + m[h] : d[h] * (float)(u[i] + l.offset);
-                if (scale != 1.0f) o[i] *= scale;
-            }
-        }
-    return 0;
+                        const int64_t *ids, long long n_ids, float scale, float *out,
+                        int nthreads) {
+    return lookup_rows(qtype, 0, src, n_rows, k, ids, n_ids, scale, out, nthreads);
 }
 
 /* ---- activations ---------------------------------------------------------------------- */

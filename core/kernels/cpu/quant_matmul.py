@@ -189,7 +189,7 @@ def _lookup(kernel, qtype: Q, table: torch.Tensor, rows: int, cols: int, ids: to
     ids = ids.reshape(-1).to(torch.int64).contiguous()
     out = torch.empty(len(ids), cols)
     status = native.call(kernel, int(qtype), table.data_ptr(), rows, cols, ids.data_ptr(),
-                         len(ids), scale, out.data_ptr())
+                         len(ids), scale, out.data_ptr(), threads())
     if status == -2:
         raise IndexError(f"token ids must be in 0..{rows - 1}")
     return out
