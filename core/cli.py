@@ -195,6 +195,16 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _round_ratio_range(base_runs: list, runs: list) -> str:
+    """The spread of the ratio over the rounds (each round runs every concurrency once, side by
+    side): on a shared machine one round can land in a slow moment of the other's."""
+    if len(runs) < 2:
+        return ""
+    ratios = [r.decode_tok_per_sec_aggregate / b.decode_tok_per_sec_aggregate
+              for b, r in zip(base_runs, runs)]
+    return f" (rounds {min(ratios):.2f}-{max(ratios):.2f}x)"
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import json
 
@@ -222,7 +232,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         base = results[0]
         print("decode tok/s total against concurrency " + f"{base.concurrency}: " + ", ".join(
             f"{r.decode_tok_per_sec_aggregate / base.decode_tok_per_sec_aggregate:.2f}x at "
-            f"{r.concurrency}" for r in results[1:]))
+            f"{r.concurrency}" + _round_ratio_range(runs[0], runs_of_c)
+            for r, runs_of_c in zip(results[1:], runs[1:])))
     if args.json:
         with open(args.json, "w") as f:
             json.dump([{**r.to_dict(), "decode_tok_per_sec_aggregate_runs":

@@ -30,18 +30,23 @@ def test_bench_command_writes_json(model_dir, tmp_path, capsys):
         assert r["prompt_tokens"] == 16 and r["generated_tokens"] == 8
         assert r["prefill_tok_per_sec"] > 0 and r["decode_tok_per_sec_aggregate"] > 0
         assert r["ttft_ms_p50"] <= r["ttft_ms_max"]
-    assert "decode tok/s total" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "decode tok/s total" in printed and "rounds" not in printed  # one round: no spread
 
 
 def test_repeated_runs_report_the_median(model_dir, tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench", "-m", str(model_dir), "--prompt-len", "8", "--gen-len", "4",
                  "--concurrency", "1", "2", "--repeats", "3", "--json", str(out)]) == 0
-    for r in json.loads(out.read_text()):
+    results = json.loads(out.read_text())
+    for r in results:
         runs = r["decode_tok_per_sec_aggregate_runs"]
         assert len(runs) == 3 and r["decode_tok_per_sec_aggregate"] == sorted(runs)[1]
     printed = capsys.readouterr().out
     assert "median of 3 runs" in printed and "against concurrency 1: " in printed
+    one, two = (r["decode_tok_per_sec_aggregate_runs"] for r in results)
+    round_ratios = [b / a for a, b in zip(one, two)]  # round i ran both concurrencies
+    assert f"at 2 (rounds {min(round_ratios):.2f}-{max(round_ratios):.2f}x)" in printed
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", "-m", str(model_dir), "--repeats", "0"])
     assert exit_info.value.code == 2
