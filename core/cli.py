@@ -18,7 +18,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("-a", "--arch", help="architecture name (e.g. Llama); default: detected")
     group.add_argument("--dtype", default="Auto", choices=["Auto", "F32", "BF16", "F16"])
     group.add_argument("--chat-template", help="chat template literal or .jinja/.json file")
-    group.add_argument("--max-seqs", type=int, default=16)
+    group.add_argument("--max-seqs", type=_positive, default=16, metavar="N")
     group.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     group.add_argument("--pa-cache-type", default="auto", metavar="{auto,int8}",
                        help="KV cache dtype: auto, or int8 (8-bit keys and values on the CPU, "
@@ -147,11 +147,18 @@ def _milliseconds(value: str) -> float:
                                          f"got {value!r}") from None
 
 
-def _positive(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return number
+def _int_at_least(minimum: int):
+    """An argparse type: an integer of at least `minimum`."""
+    def integer(value: str) -> int:
+        number = int(value)
+        if number < minimum:
+            wanted = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {value}")
+        return number
+    return integer
+
+
+_positive = _int_at_least(1)
 
 
 def _add_serve_arguments(serve: argparse.ArgumentParser) -> None:
@@ -263,9 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="measure prefill and decode throughput")
     _add_model_arguments(bench)
-    bench.add_argument("--prompt-len", type=int, default=128)
-    bench.add_argument("--gen-len", type=int, default=128)
-    bench.add_argument("--concurrency", type=int, nargs="+", default=[1],
+    bench.add_argument("--prompt-len", type=_positive, default=128, metavar="N")
+    bench.add_argument("--gen-len", type=_int_at_least(2), default=128, metavar="N",
+                       help="tokens generated per request (decode is timed after the first)")
+    bench.add_argument("--concurrency", type=_positive, nargs="+", default=[1], metavar="N",
                        help="one or more numbers of concurrent requests")
     bench.add_argument("--repeats", type=_positive, default=1, metavar="N",
                        help="run the concurrencies N times, alternating, and report medians")

@@ -51,3 +51,18 @@ def test_repeated_runs_report_the_median(model_dir, tmp_path, capsys):
         main(["bench", "-m", str(model_dir), "--repeats", "0"])
     assert exit_info.value.code == 2
     assert "--repeats: expected a positive integer, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--concurrency", "0", "expected a positive integer, got 0"),
+    ("--prompt-len", "-4", "expected a positive integer, got -4"),
+    ("--gen-len", "1", "expected an integer of at least 2, got 1"),
+    ("--max-seqs", "0", "expected a positive integer, got 0"),
+])
+def test_bad_numbers_are_refused_before_loading(flag, value, message, capsys):
+    """Refused as the command line is read (no traceback from inside the engine, no model
+    loaded); one generated token would leave no decode to time."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "-m", "/nonexistent", flag, value])
+    assert exit_info.value.code == 2
+    assert f"{flag}: {message}" in capsys.readouterr().err
