@@ -112,6 +112,26 @@ def _attend_key_tile(acc, row_max, row_sum, q, query_pos, key_start, context_len
     return acc, new_max, row_sum * correction + tl.sum(probs, axis=1)
 
 
+@triton.jit
+def _attend_keys(q, query_pos, key_lo, key_hi, context_len, block_table_row, k_head, v_head,
+                 stride_k_block, stride_k_slot, stride_v_block, stride_v_slot, scale, softcap,
+                 window, ROWS: tl.constexpr, HEAD_DIM_K: tl.constexpr, HEAD_DIM_V: tl.constexpr,
+                 BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr,
+                 BLOCK_DV: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_WINDOW: tl.constexpr):
+    """The online softmax of the ROWS query rows `q` over keys key_lo .. key_hi - 1, tile by
+    tile (`_attend_key_tile`): unnormalized output [ROWS, BLOCK_DV], max and sum per row."""
+    acc = tl.zeros([ROWS, BLOCK_DV], dtype=tl.float32)
+    row_max = tl.full([ROWS], float("-inf"), dtype=tl.float32)
+    row_sum = tl.zeros([ROWS], dtype=tl.float32)
+    for key_tile_start in range(key_lo, key_hi, BLOCK_N):
+        acc, row_max, row_sum = _attend_key_tile(
+            acc, row_max, row_sum, q, query_pos, key_tile_start, context_len, block_table_row,
+            k_head, v_head, stride_k_block, stride_k_slot, stride_v_block, stride_v_slot, scale,
+            softcap, window, HEAD_DIM_K, HEAD_DIM_V, BLOCK_SIZE, BLOCK_N, BLOCK_DK, BLOCK_DV,
+            HAS_SOFTCAP, HAS_WINDOW)
+    return acc, row_max, row_sum
+
+
 def _tile_sizes(device: torch.device) -> tuple[int, int]:
     """(query rows, keys) per tile. Compiled: 64 x 64 feeds the tensor cores. Interpreted (CPU
     tensors, i.e. tests): 16 x 16, the smallest `tl.dot` accepts, so tiny shapes still cross
@@ -173,16 +193,12 @@ def _paged_prefill_kernel(out, q, k_cache, v_cache, cu_seqlens_q, context_lens, 
                       mask=row_valid[:, None] & (dk[None, :] < HEAD_DIM_K), other=0.0)
     kv_head = head // GROUP
     block_table_row = block_tables + seq.to(tl.int64) * stride_table_seq
-    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
-    row_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for key_tile_start in range(key_start, key_end, BLOCK_N):
-        acc, row_max, row_sum = _attend_key_tile(
-            acc, row_max, row_sum, queries, query_pos, key_tile_start, context_len, block_table_row,
-            k_cache + kv_head * stride_k_head, v_cache + kv_head * stride_v_head,
-            stride_k_block, stride_k_slot, stride_v_block, stride_v_slot, scale, softcap, window,
-            HEAD_DIM_K, HEAD_DIM_V, BLOCK_SIZE, BLOCK_N, BLOCK_DK, BLOCK_DV,
-            HAS_SOFTCAP, HAS_WINDOW)
+    acc, row_max, row_sum = _attend_keys(
+        queries, query_pos, key_start, key_end, context_len, block_table_row,
+        k_cache + kv_head * stride_k_head, v_cache + kv_head * stride_v_head,
+        stride_k_block, stride_k_slot, stride_v_block, stride_v_slot, scale, softcap, window,
+        BLOCK_M, HEAD_DIM_K, HEAD_DIM_V, BLOCK_SIZE, BLOCK_N, BLOCK_DK, BLOCK_DV,
+        HAS_SOFTCAP, HAS_WINDOW)
 
     row_sum = tl.where(row_valid, row_sum, 1.0)  # padding rows past q_len may have seen no key
     dv = tl.arange(0, BLOCK_DV)
@@ -247,16 +263,12 @@ def _paged_decode_split_kernel(partial_acc, partial_max, partial_sum, q, k_cache
                       mask=is_member[:, None] & (dk[None, :] < HEAD_DIM_K), other=0.0)
     query_pos = tl.zeros([BLOCK_G], dtype=tl.int32) + context_len - 1
     block_table_row = block_tables + seq.to(tl.int64) * stride_table_seq
-    acc = tl.zeros([BLOCK_G, BLOCK_DV], dtype=tl.float32)
-    row_max = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
-    row_sum = tl.zeros([BLOCK_G], dtype=tl.float32)
-    for key_tile_start in range(split_start, split_end, BLOCK_N):
-        acc, row_max, row_sum = _attend_key_tile(
-            acc, row_max, row_sum, queries, query_pos, key_tile_start, context_len, block_table_row,
-            k_cache + kv_head * stride_k_head, v_cache + kv_head * stride_v_head,
-            stride_k_block, stride_k_slot, stride_v_block, stride_v_slot, scale, softcap, window,
-            HEAD_DIM_K, HEAD_DIM_V, BLOCK_SIZE, BLOCK_N, BLOCK_DK, BLOCK_DV,
-            HAS_SOFTCAP, HAS_WINDOW)
+    acc, row_max, row_sum = _attend_keys(
+        queries, query_pos, split_start, split_end, context_len, block_table_row,
+        k_cache + kv_head * stride_k_head, v_cache + kv_head * stride_v_head,
+        stride_k_block, stride_k_slot, stride_v_block, stride_v_slot, scale, softcap, window,
+        BLOCK_G, HEAD_DIM_K, HEAD_DIM_V, BLOCK_SIZE, BLOCK_N, BLOCK_DK, BLOCK_DV,
+        HAS_SOFTCAP, HAS_WINDOW)
 
     part = (seq.to(tl.int64) * num_q_heads + heads) * NUM_SPLITS + split
     tl.store(partial_max + part, row_max, mask=is_member)
