@@ -11,6 +11,7 @@ from gguf import GGMLQuantizationType
 from mistralrs import ChatCompletionRequest, CompletionRequest, ModelDType, Runner, Which
 from mistralrs.cli import main
 from mistralrs.engine.scoring import score
+from mistralrs.errors import EngineOptionError
 from mistralrs.loading.model_loader import load_plain
 from gguf_writer import write_llama_gguf
 from tiny_models import CHAT_TEMPLATE, save_hf_model, tiny_llama, write_byte_tokenizer
@@ -99,3 +100,11 @@ def test_completion_echo_prompt(tiny):
         assert res.choices[0].text.startswith("abc")
     finally:
         runner.shutdown()
+
+
+@pytest.mark.parametrize("option, value", [("max_seqs", 0), ("pa_blk_size", 0), ("pa_blk_size", -16),
+                                           ("pa_gpu_mem", 0), ("max_seqs", 2.5)])
+def test_bad_engine_sizes_are_refused_before_loading(tmp_path, option, value):
+    """The model directory does not exist: an error about the size shows it was checked first."""
+    with pytest.raises(EngineOptionError, match=f"{option} must be a positive integer, got {value}"):
+        Runner(Which.Plain(model_id=str(tmp_path / "missing")), progress=False, **{option: value})

@@ -29,7 +29,7 @@ from mistralrs.api.responses import (
 from mistralrs.api.which import Which
 from mistralrs.engine import Engine, RequestHandle, RequestOutput
 from mistralrs.engine.sampler import TokenLogprobs
-from mistralrs.errors import InvalidRequestError
+from mistralrs.errors import EngineOptionError, InvalidRequestError
 from mistralrs.loading.chat_template import render_chat_template
 from mistralrs.loading.hub import hub_token
 from mistralrs.loading.model_loader import LoadedModel, load_gguf, load_plain
@@ -96,6 +96,14 @@ def _usage(out: RequestOutput) -> Usage:
     )
 
 
+def _check_sizes(**sizes: int | None) -> None:
+    """Sizes given must be positive integers: checked before the model loads, not found out
+    deep inside the engine after it."""
+    for name, value in sizes.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise EngineOptionError(f"{name} must be a positive integer, got {value!r}")
+
+
 class Runner:
     """Loads a model and serves requests on a background engine; safe to call from many threads.
 
@@ -118,6 +126,7 @@ class Runner:
                  progress: bool = True, **unsupported):
         if unsupported:
             raise NotImplementedError(f"Runner options not supported yet: {', '.join(unsupported)}")
+        _check_sizes(max_seqs=max_seqs, pa_gpu_mem=pa_gpu_mem, pa_blk_size=pa_blk_size)
         if no_kv_cache:
             raise NotImplementedError("no_kv_cache=True is not supported: the paged KV cache is "
                                       "always on")
@@ -132,7 +141,7 @@ class Runner:
         self.logfile = logfile
         self.engine = Engine(self.loaded, max_seqs=max_seqs,
                              kv_cache_bytes=pa_gpu_mem * 2**20 if pa_gpu_mem else None,
-                             block_size=pa_blk_size or 32,
+                             block_size=32 if pa_blk_size is None else pa_blk_size,
                              enable_prefix_caching=prefix_cache_n > 0,
                              kv_cache_dtype=pa_cache_type)
 
