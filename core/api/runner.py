@@ -140,7 +140,7 @@ class Runner:
         self.truncate_sequence = truncate_sequence
         self.logfile = logfile
         self.engine = Engine(self.loaded, max_seqs=max_seqs,
-                             kv_cache_bytes=pa_gpu_mem * 2**20 if pa_gpu_mem else None,
+                             kv_cache_bytes=None if pa_gpu_mem is None else pa_gpu_mem * 2**20,
                              block_size=32 if pa_blk_size is None else pa_blk_size,
                              enable_prefix_caching=prefix_cache_n > 0,
                              kv_cache_dtype=pa_cache_type)
