@@ -89,8 +89,11 @@ static inline __attribute__((always_inline)) void u8_dots(
 #else
     for (int r = 0; r < n; r++) {
         int dot = 0;
-        for (int i = 0; i < dim; i++) dot += q[i] * (rows[r * stride + i] - U8_BIAS);
-        scores[r] = (float)dot * q_scale * k_scales[r];
+        for (int i = 0; i < dim; i++) dot += q[i] * rows[r * stride + i];
+        /* (the bias taken out after, as above: with q[i] * (row - 128) in the loop, gcc 12's
+         * vectorizer for AVX-VNNI without AVX-512 fed the signed row - 128 to vpdpbusd's
+         * unsigned operand: wrong scores on a Zen 5) */
+        scores[r] = (float)(dot - U8_BIAS * q_sum) * q_scale * k_scales[r];
     }
 #endif
 }
