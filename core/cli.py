@@ -73,7 +73,17 @@ def _stream_completion(runner, prompt: str, args) -> None:
     print()
 
 
+def _check_sampling_flags(args: argparse.Namespace) -> None:
+    """The sampling flags, refused before the model loads with the error a request carrying
+    them gets (the flags name no token ids, so no vocabulary is needed)."""
+    from mistralrs import CompletionRequest
+
+    CompletionRequest(prompt="", max_tokens=args.max_tokens, temperature=args.temperature,
+                      top_p=args.top_p, top_k=args.top_k).sampling_params().validate(0)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    _check_sampling_flags(args)
     runner = _runner(args)
     try:
         if runner.tokenizer.chat_template is None:

@@ -23,6 +23,18 @@ def tiny(tmp_path_factory):
     return model, save_hf_model(model, tmp_path_factory.mktemp("tiny"))
 
 
+@pytest.mark.parametrize("flag, value, message", [
+    ("--top-k", "-5", "top_k must be in [-1, "),
+    ("--top-p", "0", "top_p must be in (0, 1], got 0.0"),
+    ("--temperature", "-1", "temperature must be in [0.0, "),
+    ("--max-tokens", "-2", "max_tokens must be >= 0, got -2"),
+])
+def test_run_refuses_bad_sampling_flags_before_loading(flag, value, message, capsys):
+    """The model does not exist: the sampling error shows the flags were checked first."""
+    assert main(["run", "-m", "/nonexistent", "-i", "hello", flag, value]) == 2
+    assert f"error: {message}" in capsys.readouterr().err
+
+
 def test_run_one_prompt(tiny, capsys):
     _, path = tiny
     assert main(["run", "-m", str(path), "-i", "hello", "--max-tokens", "5"]) == 0

@@ -173,6 +173,7 @@ def test_closing_a_stream_early_frees_its_blocks(tiny):
     (dict(max_tokens=-1), "max_tokens"),
     (dict(top_p=0.0), "top_p"),
     (dict(top_p=1.5), "top_p"),
+    (dict(top_k=-5), "top_k"),
     (dict(n=0), "n "),
     (dict(logit_bias={99999: 1.0}), "outside the vocabulary"),
     (dict(temperature=-1.0), "temperature"),

@@ -50,7 +50,7 @@ class SamplingParams:
         if not 0 < self.top_p <= 1:
             bad("top_p", f"must be in (0, 1], got {self.top_p}")
         in_range("min_p", self.min_p, 0.0, 1.0)
-        in_range("top_k", self.top_k, -(2**31), 2**31 - 1)
+        in_range("top_k", self.top_k, -1, 2**31 - 1)  # -1 and 0: off, as the server takes it
         in_range("presence_penalty", self.presence_penalty, -MAX_BIAS, MAX_BIAS)
         in_range("frequency_penalty", self.frequency_penalty, -MAX_BIAS, MAX_BIAS)
         in_range("repetition_penalty", self.repetition_penalty, 1 / MAX_BIAS, MAX_BIAS)
