@@ -45,12 +45,16 @@ def _runner(args: argparse.Namespace):
                   device=args.device, pa_cache_type=args.pa_cache_type)
 
 
+def _sampling_options(args: argparse.Namespace) -> dict:
+    """The request fields that `run`'s sampling flags set."""
+    return dict(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+                top_k=args.top_k)
+
+
 def _stream_answer(runner, messages, args) -> str:
     from mistralrs import ChatCompletionRequest
 
-    request = ChatCompletionRequest(messages=messages, max_tokens=args.max_tokens,
-                                    temperature=args.temperature, top_p=args.top_p,
-                                    top_k=args.top_k, stream=True)
+    request = ChatCompletionRequest(messages=messages, stream=True, **_sampling_options(args))
     answer = []
     for chunk in runner.send_chat_completion_request(request):
         for choice in chunk.choices:
@@ -64,9 +68,7 @@ def _stream_completion(runner, prompt: str, args) -> None:
     from mistralrs import CompletionRequest
 
     print(prompt, end="", flush=True)
-    request = CompletionRequest(prompt=prompt, max_tokens=args.max_tokens,
-                                temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                                stream=True)
+    request = CompletionRequest(prompt=prompt, stream=True, **_sampling_options(args))
     for chunk in runner.send_completion_request(request):
         for choice in chunk.choices:
             print(choice.text, end="", flush=True)
@@ -78,8 +80,7 @@ def _check_sampling_flags(args: argparse.Namespace) -> None:
     them gets (the flags name no token ids, so no vocabulary is needed)."""
     from mistralrs import CompletionRequest
 
-    CompletionRequest(prompt="", max_tokens=args.max_tokens, temperature=args.temperature,
-                      top_p=args.top_p, top_k=args.top_k).sampling_params().validate(0)
+    CompletionRequest(prompt="", **_sampling_options(args)).sampling_params().validate(0)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
